@@ -1,0 +1,48 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Reinstall when the dependencies change: the stamp is named after pyproject.toml's hash.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps test test-all lint demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[all,tflite,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Services the tests start themselves (Mosquitto on a free port, Chromium, promtool) must be
+# installed on the machine; this installs the missing ones with apt-get when we are root.
+system-deps:
+	@bash scripts/system-deps.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) system-deps
+	$(PY) scripts/demo.py
+
+bench: $(STAMP)
+	$(PY) bench/convert.py
+	$(PY) bench/agent.py
+	$(PY) bench/fleet.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out

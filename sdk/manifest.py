@@ -1,0 +1,236 @@
+"""The bundle manifest (``manifest.json``): what a bundle holds and what the converter measured.
+
+The manifest is signed byte for byte, so readers keep the exact bytes they verified and parse
+them with :meth:`Manifest.from_json`; :meth:`Manifest.to_json` is canonical (sorted keys) so a
+writer's bytes are reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sdk.datatypes import DATATYPES
+from sdk.errors import ManifestError
+from sdk.tensors import EncodedTensor
+
+SCHEMA_VERSION = 1
+MODEL_FILES = ("model.onnx", "model.tflite")
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+Runtime = Literal["onnxruntime", "litert"]
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Names and versions become file names: letters, digits, ``._+-``, no leading dot or dash."""
+    if not _NAME_RE.match(value) or value in (".", ".."):
+        raise ValueError(
+            f"{what} {value!r} must be 1-128 letters, digits or ._+- and start with a letter or digit"
+        )
+    return value
+
+
+def bundle_filename(name: str, version: str, profile: str) -> str:
+    return f"{name}-{version}-{profile}.efb"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class TensorSpec(_Model):
+    name: str
+    datatype: str
+    #: -1 marks a dynamic dimension.
+    shape: list[int]
+
+    @field_validator("datatype")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATATYPES:
+            raise ValueError(f"unknown datatype {v!r}")
+        return v
+
+
+class SourceInfo(_Model):
+    #: onnx, tflite, torchscript, torch-export, torch-module
+    format: str
+    sha256: str
+    filename: str | None = None
+
+
+class FileEntry(_Model):
+    sha256: str
+    size: int = Field(ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _SHA256_RE.match(v):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return v
+
+
+class SizeMetric(_Model):
+    source: int
+    converted: int
+
+
+class LatencyMetric(_Model):
+    source: float
+    converted: float
+    statistic: str = "median"
+    #: latency is measured on the converting host, not on the device.
+    host_measured: bool = True
+    host: str | None = None
+    threads: int | None = None
+
+
+class FidelityMetric(_Model):
+    argmax_agreement: float | None = None
+    cosine: float | None = None
+    max_abs_error: float | None = None
+    samples: int | None = None
+
+
+class AccuracyMetric(_Model):
+    metric: str
+    source: float
+    converted: float
+
+
+class Metrics(_Model):
+    size_bytes: SizeMetric | None = None
+    latency_ms: LatencyMetric | None = None
+    fidelity: FidelityMetric | None = None
+    accuracy: AccuracyMetric | None = None
+
+
+class TensorStats(_Model):
+    """Summary of one tensor over the calibration data, for drift checks on the device.
+
+    ``hist_edges`` has one more entry than ``hist_fractions``; fractions sum to 1.
+    """
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    hist_edges: list[float] = Field(default_factory=list)
+    hist_fractions: list[float] = Field(default_factory=list)
+
+
+class Reference(_Model):
+    samples: int
+    inputs: dict[str, TensorStats] = Field(default_factory=dict)
+    outputs: dict[str, TensorStats] = Field(default_factory=dict)
+
+
+class Smoke(_Model):
+    """One small input and the output the converted model gave for it on the converting host."""
+
+    inputs: dict[str, EncodedTensor]
+    outputs: dict[str, EncodedTensor]
+    rtol: float = 1e-3
+    atol: float = 1e-3
+
+
+class RuntimeOptions(_Model):
+    #: ONNX Runtime session config entries, e.g. ``{"session.disable_quant_qdq": "1"}``.
+    session_config: dict[str, str] = Field(default_factory=dict)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class Decision(_Model):
+    """One choice the converter made, with the measurement behind it."""
+
+    step: str
+    choice: str
+    reason: str
+    measured: dict[str, Any] = Field(default_factory=dict)
+
+
+class Signer(_Model):
+    key_id: str
+    #: raw Ed25519 public key, base64; trust is decided by the reader's trusted keys, not by this.
+    public_key: str
+
+
+class Manifest(_Model):
+    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
+    name: str
+    version: str
+    profile: str
+    runtime: Runtime
+    precision: str
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    source: SourceInfo
+    #: which entry of ``files`` is the model.
+    model_file: str = "model.onnx"
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metrics: Metrics = Field(default_factory=Metrics)
+    reference: Reference | None = None
+    smoke: Smoke | None = None
+    runtime_options: RuntimeOptions = Field(default_factory=RuntimeOptions)
+    decisions: list[Decision] = Field(default_factory=list)
+    signer: Signer | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "name")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return check_name(v, "version")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        return check_name(v, "profile")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"manifest schema {v} is not supported (this edgefleet reads {SCHEMA_VERSION})")
+        return v
+
+    @field_validator("model_file")
+    @classmethod
+    def _model_file(cls, v: str) -> str:
+        if v not in MODEL_FILES:
+            raise ValueError(f"model_file must be one of {MODEL_FILES}")
+        return v
+
+    @property
+    def filename(self) -> str:
+        return bundle_filename(self.name, self.version, self.profile)
+
+    def to_json(self) -> bytes:
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Manifest:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise ManifestError(
+                f"manifest.json is invalid at {where}: {first['msg']}"
+                + (f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else "")
+            ) from None
+        except ValueError as exc:
+            raise ManifestError(f"manifest.json is not valid JSON: {exc}") from None
