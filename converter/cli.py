@@ -26,7 +26,9 @@ def _emit_json(obj: object) -> None:
 def _keygen(argv: Sequence[str]) -> int:
     from sdk import keys
 
-    p = argparse.ArgumentParser(prog=f"{PROG} keygen", description="Write an Ed25519 signing key and PATH.pub.")
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} keygen", description="Write an Ed25519 signing key and PATH.pub."
+    )
     p.add_argument("path", type=Path, help="where to write the private key (mode 0600)")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.add_argument("--json", action="store_true", help="print a JSON object on stdout")
@@ -73,7 +75,9 @@ def _inspect(argv: Sequence[str]) -> int:
     from sdk.bundle import verify_bundle
     from sdk.errors import BundleError
 
-    p = argparse.ArgumentParser(prog=f"{PROG} inspect", description="Print a bundle's manifest and verify it.")
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} inspect", description="Print a bundle's manifest and verify it."
+    )
     p.add_argument("bundle", type=Path)
     p.add_argument(
         "--trust-key",
@@ -130,9 +134,7 @@ def _inspect(argv: Sequence[str]) -> int:
         lines.append(
             f"accuracy:  {met.accuracy.metric} {met.accuracy.source:.4f} -> {met.accuracy.converted:.4f}"
         )
-    trust = (
-        "trusted" if result.trusted else "signature valid; signer not checked (no --trust-key given)"
-    )
+    trust = "trusted" if result.trusted else "signature valid; signer not checked (no --trust-key given)"
     lines.append(f"verified:  yes, signer key {result.signer} ({trust})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -282,28 +282,35 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, sink: BinaryIO |
     return h.hexdigest(), size
 
 
+def _open_bundle(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise NotABundleError(f"cannot open bundle {path}: {exc.strerror or exc}") from None
+
+
+def _open_stream(capped: _CappedReader, path: Path) -> tarfile.TarFile:
+    """A forward-only tar reader: members are checked as they stream, never seeked back to."""
+    try:
+        return tarfile.open(fileobj=capped, mode="r|")  # type: ignore[call-overload]
+    except BundleError:
+        raise
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise NotABundleError(f"{path} is not a bundle: {exc}") from None
+
+
 def _scan(
     path: Path,
     trusted_keys: Iterable[keys.Ed25519PublicKey] | None,
     dest: Path | None,
     max_unpacked: int,
 ) -> VerifiedBundle:
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise NotABundleError(f"cannot open bundle {path}: {exc.strerror or exc}") from None
-    with fh:
+    with _open_bundle(path) as fh:
         if fh.read(2) != b"\x1f\x8b":
             raise NotABundleError(f"{path} is not a bundle (not a gzip-compressed tar archive)")
         fh.seek(0)
         capped = _CappedReader(gzip.GzipFile(fileobj=fh, mode="rb"), MAX_MANIFEST_BYTES + _TAR_OVERHEAD)
-        try:
-            tar = tarfile.open(fileobj=capped, mode="r|")  # type: ignore[call-overload]
-        except BundleError:
-            raise
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            raise NotABundleError(f"{path} is not a bundle: {exc}") from None
-        with tar:
+        with _open_stream(capped, path) as tar:
             first = _next(tar)
             if first is None:
                 raise BundleLayoutError("the bundle is empty; manifest.json is missing")
@@ -342,7 +349,12 @@ def _scan(
                 if dest is not None:
                     # O_EXCL | O_NOFOLLOW: never write through a link or over a file already there.
                     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                    sink = os.fdopen(os.open(dest / member.name, flags, 0o644), "wb")
+                    try:
+                        sink = os.fdopen(os.open(dest / member.name, flags, 0o644), "wb")
+                    except OSError as exc:
+                        raise BundleError(
+                            f"cannot unpack {member.name} into {dest}: {exc.strerror or exc}"
+                        ) from None
                 try:
                     digest, size = _copy_member(tar, member, sink)
                     if sink is not None:
@@ -407,9 +419,7 @@ def extract_bundle(
     except OSError as exc:
         raise BundleError(f"cannot unpack into {dest}: {exc.strerror or exc}") from None
     try:
-        result = _scan(
-            Path(path), None if trusted_keys is None else list(trusted_keys), dest, max_unpacked
-        )
+        result = _scan(Path(path), None if trusted_keys is None else list(trusted_keys), dest, max_unpacked)
         with open(dest / SIGNATURE_NAME, "wb") as f:
             f.write(result.signature)
         with open(dest / MANIFEST_NAME, "wb") as f:

@@ -33,15 +33,35 @@ DATATYPES: tuple[str, ...] = tuple(_TO_NUMPY)
 
 #: ONNX TensorProto element type number -> datatype (for model metadata).
 _ONNX_ELEM_TYPE: dict[int, str] = {
-    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "BYTES",
-    9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64",
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
 }
 #: onnxruntime's type strings, e.g. ``tensor(float)``.
 _ORT_TYPE: dict[str, str] = {
-    "tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
-    "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
 }
 
 
@@ -50,7 +70,9 @@ def to_numpy_dtype(datatype: str) -> np.dtype:
     try:
         return _TO_NUMPY[datatype]
     except KeyError:
-        raise DatatypeError(f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}") from None
+        raise DatatypeError(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
 
 
 def from_numpy_dtype(dtype: np.dtype | type) -> str:
@@ -69,7 +91,9 @@ def from_onnx_elem_type(elem_type: int) -> str:
     try:
         return _ONNX_ELEM_TYPE[elem_type]
     except KeyError:
-        raise DatatypeError(f"ONNX element type {elem_type} has no Open Inference Protocol datatype") from None
+        raise DatatypeError(
+            f"ONNX element type {elem_type} has no Open Inference Protocol datatype"
+        ) from None
 
 
 def from_ort_type(type_str: str) -> str:
@@ -77,7 +101,9 @@ def from_ort_type(type_str: str) -> str:
     try:
         return _ORT_TYPE[type_str]
     except KeyError:
-        raise DatatypeError(f"onnxruntime type {type_str!r} has no Open Inference Protocol datatype") from None
+        raise DatatypeError(
+            f"onnxruntime type {type_str!r} has no Open Inference Protocol datatype"
+        ) from None
 
 
 def element_size(datatype: str) -> int:

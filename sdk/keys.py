@@ -144,4 +144,6 @@ def verify(key: Ed25519PublicKey, signature: bytes, data: bytes) -> None:
     try:
         key.verify(signature, data)
     except InvalidSignature:
-        raise SignatureError("the manifest signature does not verify: the manifest was changed or not signed by the key it names") from None
+        raise SignatureError(
+            "the manifest signature does not verify: the manifest was changed or not signed by the key it names"
+        ) from None

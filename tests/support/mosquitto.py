@@ -26,7 +26,9 @@ def free_port() -> int:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -198,7 +200,13 @@ def run_mosquitto(
         pw.write_text("")
         for user, password in users.items():
             subprocess.run(
-                [shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(pw), user, password],
+                [
+                    shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd",
+                    "-b",
+                    str(pw),
+                    user,
+                    password,
+                ],
                 check=True,
                 capture_output=True,
             )
