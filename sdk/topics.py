@@ -55,5 +55,11 @@ def parse_topic(name: str) -> tuple[str, TopicKind]:
 
 
 def acl_pattern() -> str:
-    """The Mosquitto ACL pattern that confines each device to its own topics (``%u`` = username)."""
-    return f"pattern readwrite {PREFIX}/%u/#"
+    """Mosquitto ACL lines that confine each device (``%u`` = its username = its id) to its topics.
+
+    A device reads only its own ``desired`` and writes only its own ``reported``, ``status``,
+    ``telemetry`` and ``events``: it can neither forge its desired state nor read another device's.
+    """
+    lines = [f"pattern read {PREFIX}/%u/desired"]
+    lines += [f"pattern write {PREFIX}/%u/{kind}" for kind in KINDS if kind != "desired"]
+    return "\n".join(lines)

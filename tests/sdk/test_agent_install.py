@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -29,8 +30,15 @@ def test_agent_extra_installs_without_heavy_packages(tmp_path: Path):
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     # A regular (not editable) install from a copy, as a device would get it.
+    # Build from a copy of the tracked sources so the checkout gets no build/ or egg-info litter.
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(".venv*", ".git", "build", "*.egg-info", "__pycache__", "demo-out"),
+    )
     install = subprocess.run(
-        [str(py), "-m", "pip", "install", "--quiet", f"{REPO}[agent]"],
+        [str(py), "-m", "pip", "install", "--quiet", f"{src}[agent]"],
         capture_output=True,
         text=True,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},

@@ -29,7 +29,13 @@ def test_topics_per_design():
     assert set(KINDS) == {"desired", "reported", "status", "telemetry", "events"}
     for kind in KINDS:
         assert parse_topic(topic(kind, "pi-7")) == ("pi-7", kind)
-    assert acl_pattern() == "pattern readwrite edgefleet/v1/devices/%u/#"
+    assert acl_pattern().splitlines() == [
+        "pattern read edgefleet/v1/devices/%u/desired",
+        "pattern write edgefleet/v1/devices/%u/reported",
+        "pattern write edgefleet/v1/devices/%u/status",
+        "pattern write edgefleet/v1/devices/%u/telemetry",
+        "pattern write edgefleet/v1/devices/%u/events",
+    ]
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "#", "a+", "$SYS", "dev 1", "-x", "x" * 200])

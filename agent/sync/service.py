@@ -1,0 +1,187 @@
+"""The sync service: the agent's side of the MQTT protocol, on background threads.
+
+Threads: paho's network thread (connect, reconnect, callbacks), the reconciler (downloads and
+installs), the telemetry clock (samples into the on-disk outbox) and the outbox sender. None of
+them touches serving: the agent answers inference requests whether or not the broker is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sdk
+from agent.sync.download import BundleDownloader
+from agent.sync.journal import Journal
+from agent.sync.mqtt import MqttLink, Outgoing
+from agent.sync.outbox import Outbox, OutboxSender
+from agent.sync.ports import StatsPort, StorePort
+from agent.sync.reconcile import Reconciler, ReconcileSettings
+from agent.sync.telemetry import TelemetrySampler
+from sdk import messages
+from sdk.credentials import DeviceCredentials
+from sdk.errors import ConfigError, ProtocolError
+from sdk.topics import check_device_id, topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncConfig:
+    fleet_url: str
+    broker_url: str  # mqtt://host:port or mqtts://host:port
+    device_id: str
+    credentials_file: Path  # sdk.credentials.DeviceCredentials JSON
+    data_dir: Path
+    telemetry_interval_s: float = 10.0
+    agent_version: str = sdk.__version__
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs tests turn down; the defaults suit a device."""
+
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    keepalive_s: int = 30
+    outbox_max_messages: int = 10_000
+    outbox_max_bytes: int = 16 * 1024 * 1024
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+
+
+class SyncService:
+    def __init__(
+        self, config: SyncConfig, store: StorePort, stats: StatsPort, tuning: Tuning | None = None
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._stats = stats
+        self._tuning = tuning or Tuning()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._link: MqttLink | None = None
+        self._outbox: Outbox | None = None
+        self._downloader: BundleDownloader | None = None
+        self._reconciler: Reconciler | None = None
+        self._sender: OutboxSender | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Load credentials and start the background threads; returns at once, broker or not."""
+        config, tuning = self.config, self._tuning
+        device_id = check_device_id(config.device_id)
+        credentials = DeviceCredentials.load(config.credentials_file)
+        if credentials.device_id != device_id:
+            raise ConfigError(
+                f"{config.credentials_file} holds the credentials of device {credentials.device_id!r}, not {device_id!r}"
+            )
+        sync_dir = config.data_dir / "sync"
+        sync_dir.mkdir(parents=True, exist_ok=True)
+        self._stop = threading.Event()  # fresh, so a stopped service can start again
+
+        self._link = link = MqttLink(
+            config.broker_url,
+            client_id=device_id,
+            username=credentials.mqtt_username,
+            password=credentials.mqtt_password,
+            ca_file=credentials.ca_file,
+            will=Outgoing(topic("status", device_id), messages.offline_status().to_bytes()),
+            birth=lambda: Outgoing(
+                topic("status", device_id), messages.Status(state="online", time=time.time()).to_bytes()
+            ),
+            keepalive_s=tuning.keepalive_s,
+            reconnect_min_s=tuning.reconnect_min_s,
+            reconnect_max_s=tuning.reconnect_max_s,
+        )
+        self._outbox = Outbox(
+            sync_dir / "outbox.sqlite3",
+            max_messages=tuning.outbox_max_messages,
+            max_bytes=tuning.outbox_max_bytes,
+        )
+        self._sender = sender = OutboxSender(self._outbox, link, topic("telemetry", device_id))
+        self._downloader = BundleDownloader(config.fleet_url, credentials.token, ca_file=credentials.ca_file)
+        self._reconciler = reconciler = Reconciler(
+            self._store,
+            Journal(sync_dir / "journal.json"),
+            self._downloader,
+            sync_dir / "downloads",
+            send_event=lambda e: link.publish(topic("events", device_id), e.to_bytes(), qos=1),
+            send_reported=lambda r: link.publish(
+                topic("reported", device_id), r.to_bytes(), qos=1, retain=True
+            ),
+            agent_version=config.agent_version,
+            profile=config.profile,
+            settings=tuning.reconcile,
+        )
+        self._store.add_listener(lambda name: reconciler.request_report())
+        link.on_published = sender.acknowledged
+        # On paho's thread: only wake the others. A broker that restarted without persistence
+        # has lost the retained reported state, so it is published again.
+        link.on_connected = lambda: (reconciler.request_report(), sender.wake.set())
+        link.subscribe(topic("desired", device_id), self._on_desired)
+
+        self._spawn("sync-reconcile", reconciler.run)
+        self._spawn("sync-outbox", lambda: sender.run(self._stop))
+        self._spawn("sync-telemetry", self._telemetry_loop)
+        link.start()
+        log.info(
+            "sync started for device %s (broker %s, fleet %s)", device_id, config.broker_url, config.fleet_url
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Say offline (a clean goodbye, so no last will), flush, and join every thread."""
+        self._stop.set()
+        if self._reconciler is not None:
+            self._reconciler.stop()
+        if self._sender is not None:
+            self._sender.wake.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("thread %s did not stop within %.0f s", thread.name, timeout_s)
+        if self._sender is not None and not self._sender.drain(min(timeout_s, 3.0)):
+            log.info("telemetry not yet delivered stays on disk for the next start")
+        if self._link is not None:
+            farewell = messages.Status(state="offline", time=time.time())
+            self._link.stop(Outgoing(topic("status", self.config.device_id), farewell.to_bytes()), timeout_s)
+        if self._downloader is not None:
+            self._downloader.close()
+        if self._outbox is not None:
+            self._outbox.close()
+        self._threads.clear()
+        self._link = self._downloader = self._outbox = self._reconciler = self._sender = None
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _on_desired(self, topic_name: str, payload: bytes) -> None:
+        if not payload:
+            log.info("desired state cleared on %s; keeping what runs", topic_name)
+            return
+        try:
+            desired = messages.parse_message(messages.DesiredState, payload)
+        except ProtocolError as exc:
+            log.warning("ignoring desired state: %s", exc)
+            return
+        assert self._reconciler is not None
+        self._reconciler.offer(desired)
+
+    def _telemetry_loop(self) -> None:
+        assert self._outbox is not None and self._sender is not None
+        sampler = TelemetrySampler(self.config.data_dir, self._stats, self.config.telemetry_interval_s)
+        while not self._stop.wait(self.config.telemetry_interval_s):
+            try:
+                self._outbox.append(lambda seq: sampler.sample(seq).to_bytes())
+            except Exception:  # a full disk or a broken sensor must not end telemetry for good
+                log.exception("could not record telemetry")
+            self._sender.wake.set()

@@ -1,0 +1,131 @@
+"""A small client for the edge-fleet REST API (``/api/v1``), on httpx.
+
+Errors come back as the sdk's tree: 401/403 → :class:`AuthError`, 404 → :class:`NotFoundError`,
+409 → :class:`ConflictError`, any other failure → :class:`FleetError`, each with the server's
+``{"error": ...}`` text. ``transport=`` is the seam for tests (``httpx.MockTransport``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sdk.credentials import DeviceCredentials
+from sdk.errors import AuthError, ConflictError, FleetError, NotFoundError
+
+_BY_STATUS: dict[int, type[FleetError]] = {
+    401: AuthError,
+    403: AuthError,
+    404: NotFoundError,
+    409: ConflictError,
+}
+
+
+class FleetClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise FleetError(f"cannot reach the fleet at {self._http.base_url}: {exc}") from None
+        if r.status_code >= 400:
+            try:
+                message = r.json().get("error") or r.text
+            except ValueError:
+                message = r.text
+            raise _BY_STATUS.get(r.status_code, FleetError)(f"{method} {path}: {r.status_code}: {message}")
+        return r.json() if r.content else None
+
+    # ------------------------------------------------------------------------------ devices
+
+    def register_device(
+        self,
+        device_id: str | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        profile: str | None = None,
+    ) -> DeviceCredentials:
+        body = {"device_id": device_id, "labels": labels or {}, "profile": profile}
+        return DeviceCredentials.model_validate(self._call("POST", "/devices", json=body))
+
+    def devices(
+        self, *, labels: dict[str, str] | None = None, profile: str | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"label": [f"{k}={v}" for k, v in (labels or {}).items()]}
+        if profile:
+            params["profile"] = profile
+        return self._call("GET", "/devices", params=params)
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/devices/{device_id}")
+
+    def device_health(self, device_id: str, window_s: float = 300.0) -> dict[str, Any]:
+        return self._call("GET", f"/devices/{device_id}/health", params={"window_s": window_s})
+
+    # ------------------------------------------------------------------------------ bundles
+
+    def upload_bundle(self, path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        with open(path, "rb") as f:
+            return self._call("POST", "/bundles", files={"file": (path.name, f, "application/octet-stream")})
+
+    def bundles(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/bundles")
+
+    # ----------------------------------------------------------------------------- rollouts
+
+    def create_rollout(
+        self,
+        bundle_id: str,
+        *,
+        selector: dict[str, Any] | None = None,
+        strategy: dict[str, Any] | None = None,
+        gates: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"bundle_id": bundle_id}
+        for name, value in (("selector", selector), ("strategy", strategy), ("gates", gates)):
+            if value is not None:
+                body[name] = value
+        return self._call("POST", "/rollouts", json=body)
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/rollouts/{rollout_id}")
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/rollouts")
+
+    def pause(self, rollout_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/rollouts/{rollout_id}/pause")
+
+    def resume(self, rollout_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/rollouts/{rollout_id}/resume")
+
+    def rollback(self, rollout_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/rollouts/{rollout_id}/rollback")
