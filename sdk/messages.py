@@ -86,8 +86,11 @@ class ReportedModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+    #: the desired version this entry is about (the one that failed, when ``state`` is failed).
     version: str | None = None
     state: ModelStateName
+    #: the version actually serving now (differs from ``version`` after a failure or a rollback).
+    active_version: str | None = None
     previous_version: str | None = None
     error: str | None = None
 
@@ -95,7 +98,10 @@ class ReportedModel(BaseModel):
 class ReportedState(Message):
     """agent → fleet, QoS 1, retained: what the device has applied."""
 
+    #: the last revision handled, also when it failed.
     revision: int = Field(ge=-1)
+    #: a newer revision being worked on right now, if any.
+    applying_revision: int | None = None
     models: list[ReportedModel] = Field(default_factory=list)
     agent_version: str
     profile: str | None = None
