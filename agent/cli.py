@@ -1,0 +1,258 @@
+"""``edge-agent``: install bundles offline, serve them over the Open Inference Protocol, show status.
+
+Only argparse is imported at module level: ``edge-agent --help`` answers before numpy, pydantic or
+onnxruntime are loaded. Every command runs through :func:`sdk.console.run_cli`, so an
+:class:`~sdk.errors.EdgeError` becomes one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "edge-agent"
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _model_batching(value: str) -> tuple[str, tuple[int, float]]:
+    name, sep, rest = value.partition("=")
+    size, _, delay = rest.partition(":")
+    try:
+        if not (name and sep):
+            raise ValueError
+        return name, (int(size), float(delay) if delay else 2.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=SIZE or NAME=SIZE:DELAY_MS") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="edgefleet device agent: serve signed model bundles."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, keys: bool = True) -> None:
+        p.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help="the agent's model store")
+        if keys:
+            p.add_argument(
+                "--trust-key",
+                type=Path,
+                action="append",
+                default=[],
+                metavar="PUB",
+                help="public key whose bundles are trusted (repeatable; also <data-dir>/trusted-keys/)",
+            )
+
+    p = sub.add_parser("install", help="verify, smoke test and activate a bundle (offline install)")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("serve", help="serve the active models over the Open Inference Protocol v2")
+    common(p)
+    p.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8700),
+        metavar="HOST:PORT",
+        help="address to serve HTTP on (default 127.0.0.1:8700)",
+    )
+    p.add_argument(
+        "--fleet-url", metavar="URL", help="edge-fleet base URL (with --broker, --device-id, --credentials)"
+    )
+    p.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt[s]://HOST:PORT")
+    p.add_argument("--device-id", metavar="ID", help="this device's id in the fleet")
+    p.add_argument(
+        "--credentials", type=Path, metavar="FILE", help="device credentials file from registration"
+    )
+    p.add_argument(
+        "--telemetry-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between telemetry messages (default 10)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        metavar="MIB",
+        help="largest request body accepted (default 64 MiB)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="model executions at once, per model (default 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        default=64,
+        help="requests that may wait per model before new ones get 503 (default 64)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="dynamic batching: rows per execution (default 0: off)",
+    )
+    p.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        metavar="MS",
+        default=2.0,
+        help="dynamic batching: longest wait for a batch to fill (default 2 ms)",
+    )
+    p.add_argument(
+        "--model-batching",
+        type=_model_batching,
+        action="append",
+        default=[],
+        metavar="NAME=SIZE[:MS]",
+        help="batching for one model, overriding --max-batch-size/--max-queue-delay-ms (repeatable)",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="intra-op threads per model (default: the profile's)"
+    )
+    p.add_argument(
+        "--inline-below-ms",
+        type=float,
+        metavar="MS",
+        default=0.3,
+        help="models faster than this run on the server's event loop, skipping a thread hop (default 0.3)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="show installed and active versions and the last failure")
+    common(p, keys=False)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.settings import AgentSettings
+    from agent.store import ModelStore
+    from sdk.keys import load_trusted_keys
+
+    settings = AgentSettings(data_dir=args.data_dir, trust_keys=args.trust_key)
+    store = ModelStore(settings.data_dir, load_trusted_keys(settings.trusted_key_paths()))
+    # An operator installing by hand overrides the loop guard.
+    result = store.install(args.bundle, force=True)
+    if args.json:
+        sys.stdout.write(
+            json.dumps(
+                {"name": result.name, "version": result.version, "previous_version": result.previous_version}
+            )
+            + "\n"
+        )
+    else:
+        sys.stdout.write(
+            f"installed {result.name} {result.version} (previous: {result.previous_version or 'none'})\n"
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agent.service import run_forever
+    from agent.settings import AgentSettings, SyncSettings
+    from sdk.errors import ConfigError
+
+    sync_flags = {
+        "--fleet-url": args.fleet_url,
+        "--broker": args.broker,
+        "--device-id": args.device_id,
+        "--credentials": args.credentials,
+    }
+    given = [k for k, v in sync_flags.items() if v]
+    if given and len(given) != len(sync_flags):
+        missing = [k for k in sync_flags if k not in given]
+        raise ConfigError(f"fleet sync needs {', '.join(sync_flags)}; missing {', '.join(missing)}")
+    sync = None
+    if given:
+        sync = SyncSettings(
+            fleet_url=args.fleet_url,
+            broker_url=args.broker,
+            device_id=args.device_id,
+            credentials_file=args.credentials,
+            telemetry_interval_s=args.telemetry_interval,
+        )
+    host, port = args.listen
+    settings = AgentSettings(
+        data_dir=args.data_dir,
+        trust_keys=args.trust_key,
+        host=host,
+        port=port,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        threads=args.threads,
+        inline_below_ms=args.inline_below_ms,
+        model_batching=dict(args.model_batching),
+        sync=sync,
+    )
+    run_forever(settings)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.store import ModelStore
+    from sdk.errors import ConfigError
+
+    if not (args.data_dir / "models").is_dir():
+        raise ConfigError(f"{args.data_dir} is not an agent data dir (no models/ folder)")
+    status = ModelStore(args.data_dir, [], recover=False).status()
+    if args.json:
+        sys.stdout.write(json.dumps(status, indent=1) + "\n")
+        return 0
+    lines = [f"data dir: {status['data_dir']}"]
+    models = status["models"]
+    assert isinstance(models, dict)
+    if not models:
+        lines.append("no models installed")
+    for name, m in models.items():
+        lines.append(
+            f"{name}: active {m['active'] or '-'}, previous {m['previous'] or '-'},"
+            f" installed {', '.join(m['installed']) or '-'}"
+        )
+        if m["last_error"]:
+            lines.append(f"  last update failed: {m['last_error']}")
+    update = status["update"]
+    assert isinstance(update, dict)
+    if update["state"] not in ("idle", "failed"):
+        lines.append(f"update in progress: {update['state']} {update['model']} {update['version']}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Parse first: --help and usage errors exit here, before anything heavy is imported.
+    args = build_parser().parse_args(argv)
+    from sdk.console import run_cli, setup_logging
+
+    setup_logging(args.verbose)
+    return run_cli(PROG, lambda _argv: args.func(args), [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The models the server is running: one loaded version per model, swapped without failing requests.
+
+When the store activates a version (install, activate, rollback, or another process changing the
+pointer) :meth:`ModelRepository.reload` loads the new version beside the old one, switches new
+requests to it in one assignment, and drains the old one in the background: requests already
+holding it finish on it, then it is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.batching import Scheduler, SchedulingConfig
+from agent.drift import DriftTracker
+from agent.metrics import AgentMetrics, VersionMetrics
+from agent.runtimes import ModelRuntime, load_runtime
+from agent.stats import TelemetryBook, VersionStats
+from agent.store import ModelStore
+from sdk.errors import EdgeError, ModelNotFoundError
+from sdk.manifest import Manifest, TensorSpec
+from sdk.messages import ModelTelemetry
+
+log = logging.getLogger(__name__)
+
+_DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    manifest: Manifest
+    runtime: ModelRuntime
+    scheduler: Scheduler
+    stats: VersionStats
+    metrics: VersionMetrics
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+def _batchable(manifest: Manifest) -> bool:
+    specs = [*manifest.inputs, *manifest.outputs]
+    return all(s.shape and s.shape[0] == -1 for s in specs)
+
+
+class ModelRepository:
+    def __init__(
+        self,
+        store: ModelStore,
+        metrics: AgentMetrics,
+        executor: Executor,
+        scheduling: Callable[[str], SchedulingConfig] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.book = TelemetryBook()
+        self._executor = executor
+        #: model name -> its scheduling (batching can differ per model)
+        self._scheduling = scheduling or (lambda _name: SchedulingConfig())
+        self._threads = threads
+        self._models: dict[str, LoadedModel] = {}
+        self._reload_lock = threading.Lock()
+        store.add_listener(self.reload)
+
+    def load_all(self) -> None:
+        for name in self.store.active_versions():
+            self.reload(name)
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if version is not None and version != model.version:
+            raise ModelNotFoundError(
+                f"version {version!r} of model {name!r} is not being served (active: {model.version})"
+            )
+        return model
+
+    def loaded(self) -> dict[str, LoadedModel]:
+        return dict(self._models)
+
+    def ready(self) -> bool:
+        return set(self._models) >= set(self.store.active_versions())
+
+    def telemetry_snapshot(self) -> list[ModelTelemetry]:
+        return self.book.telemetry_snapshot()
+
+    def reload(self, name: str) -> None:
+        """Serve the store's active version of ``name``; a version that fails to load is not swapped in."""
+        with self._reload_lock:
+            version = self.store.active_versions().get(name)
+            current = self._models.get(name)
+            if current is not None and current.version == version:
+                return
+            if version is None:
+                if current is not None:
+                    del self._models[name]
+                    self._retire(current)
+                return
+            try:
+                model = self._load(name, version)
+            except EdgeError as exc:
+                log.error(
+                    "cannot load %s %s, %s keeps serving: %s",
+                    name,
+                    version,
+                    current.version if current else "nothing",
+                    exc,
+                )
+                return
+            self._models[name] = model
+            self.metrics.set_active(name, version, current.version if current else None)
+            log.info("now serving %s %s", name, version)
+        if current is not None:
+            self._retire(current)
+
+    def _load(self, name: str, version: str) -> LoadedModel:
+        started = time.perf_counter()
+        directory = self.store.version_dir(name, version)
+        manifest = self.store.manifest(name, version)
+        runtime = load_runtime(directory, manifest, threads=self._threads)
+        drift = DriftTracker(manifest.reference)
+        stats = self.book.for_version(name, version, drift)
+        output_names = [o.name for o in manifest.outputs]
+
+        def run(inputs: dict[str, np.ndarray], names: list[str] | None) -> dict[str, np.ndarray]:
+            outputs = runtime.run(inputs, names)
+            if drift.enabled:
+                drift.observe(inputs, outputs)
+            return outputs
+
+        scheduler = Scheduler(
+            f"{name} {version}", run, self._executor, self._scheduling(name), _batchable(manifest)
+        )
+        model = LoadedModel(
+            name=name,
+            version=version,
+            manifest=manifest,
+            runtime=runtime,
+            scheduler=scheduler,
+            stats=stats,
+            metrics=self.metrics.for_version(name, version),
+            inputs={i.name: i for i in manifest.inputs},
+            outputs={o.name: o for o in manifest.outputs},
+        )
+        # Warm up so the first real request does not pay for lazy allocations.
+        if manifest.smoke is not None:
+            try:
+                runtime.run({n: t.to_numpy() for n, t in manifest.smoke.inputs.items()}, output_names)
+            except EdgeError as exc:
+                log.warning("warm-up of %s %s failed: %s", name, version, exc)
+        self.metrics.load.labels(name, version).observe(time.perf_counter() - started)
+        return model
+
+    def _retire(self, model: LoadedModel) -> None:
+        def drain() -> None:
+            model.scheduler.close()
+            if not model.scheduler.wait_idle(_DRAIN_TIMEOUT_S):
+                log.warning(
+                    "%s %s still busy after %.0f s; releasing it anyway",
+                    model.name,
+                    model.version,
+                    _DRAIN_TIMEOUT_S,
+                )
+            model.runtime.close()
+            log.info("retired %s %s", model.name, model.version)
+
+        threading.Thread(target=drain, name=f"drain-{model.name}", daemon=True).start()

@@ -1,0 +1,64 @@
+"""The interface every runtime implements, and the one place that picks a runtime for a bundle.
+
+Runtime modules import their engine lazily, so a device without LiteRT still serves ONNX models and
+``edge-agent --help`` never pays for onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from sdk.errors import ModelStoreError
+from sdk.manifest import Manifest, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeLoadError(ModelStoreError):
+    """A model file cannot be loaded by its runtime."""
+
+
+class ModelRuntime(ABC):
+    """A loaded model: named numpy tensors in, named numpy tensors out. Safe to call from many threads."""
+
+    #: what the runtime actually runs on, e.g. ``CPUExecutionProvider``; shown in model metadata.
+    backend: str = ""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    @abstractmethod
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the model; ``output_names`` None means every output."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines free on garbage collection
+        """Release engine resources early (optional)."""
+
+
+def load_runtime(directory: Path, manifest: Manifest, *, threads: int | None = None) -> ModelRuntime:
+    """Load the model file of an unpacked, verified bundle with the runtime its manifest names."""
+    model_path = directory / manifest.model_file
+    if manifest.runtime == "onnxruntime":
+        from agent.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(model_path, manifest, threads=threads)
+    if manifest.runtime == "litert":
+        from agent.runtimes.litert import LiteRtRuntime
+
+        return LiteRtRuntime(model_path, manifest, threads=threads)
+    raise RuntimeLoadError(f"runtime {manifest.runtime!r} is not supported by this agent")

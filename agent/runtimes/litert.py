@@ -1,0 +1,76 @@
+"""LiteRT (``ai-edge-litert``, successor of ``tflite-runtime``) for ``.tflite`` bundles; optional extra.
+
+A LiteRT interpreter is not thread-safe, so calls are serialised with a lock; the agent's
+per-model concurrency limit and batching keep the queue in front of it short.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.runtimes.base import ModelRuntime, RuntimeLoadError
+from sdk.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+def _by_manifest_name(details: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    by_name = {d["name"]: d for d in details}
+    if set(names) <= set(by_name):
+        return {n: by_name[n] for n in names}
+    if len(details) != len(names):
+        raise RuntimeLoadError(f"the model has {len(details)} tensors where the manifest names {len(names)}")
+    return dict(zip(names, details, strict=True))
+
+
+class LiteRtRuntime(ModelRuntime):
+    backend = "litert-cpu"
+
+    def __init__(self, model_path: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+        super().__init__(manifest)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise RuntimeLoadError(
+                f"{manifest.name} {manifest.version} is a LiteRT model; install the agent's tflite extra "
+                "(pip install 'edgefleet[agent,tflite]')"
+            ) from None
+        try:
+            self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads or os.cpu_count())
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeLoadError(f"LiteRT cannot load {model_path.name}: {exc}") from None
+        # Converters rename tensors (``serving_default_x:0``); fall back to the manifest's order.
+        self._inputs = _by_manifest_name(
+            self._interpreter.get_input_details(), [t.name for t in manifest.inputs]
+        )
+        self._outputs = _by_manifest_name(
+            self._interpreter.get_output_details(), [t.name for t in manifest.outputs]
+        )
+        self._lock = threading.Lock()
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        from sdk.errors import InferenceError
+
+        names = output_names or list(self._outputs)
+        with self._lock:
+            try:
+                for name, value in inputs.items():
+                    detail = self._inputs[name]
+                    if tuple(detail["shape"]) != value.shape:
+                        self._interpreter.resize_tensor_input(detail["index"], list(value.shape))
+                        self._interpreter.allocate_tensors()
+                    self._interpreter.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+                self._interpreter.invoke()
+                return {n: self._interpreter.get_tensor(self._outputs[n]["index"]).copy() for n in names}
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise InferenceError(f"LiteRT failed: {exc}") from None

@@ -1,0 +1,148 @@
+"""ONNX Runtime: the hardware profile's execution providers in order, the manifest's session options.
+
+A provider the profile asks for but this device cannot use (not built into this onnxruntime, or
+failing to initialise, e.g. TensorRT without a GPU) is skipped with a logged reason, so a ``jetson``
+bundle still serves on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from agent.runtimes.base import ModelRuntime, RuntimeLoadError
+from sdk.errors import EdgeError
+from sdk.manifest import Manifest
+from sdk.profiles import load_profile
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+#: ONNX Runtime's worker threads busy-wait for work by default, which keeps an idle server at
+#: nearly a full core per thread; on a shared edge device that CPU belongs to the application.
+_QUIET_THREADS = {
+    "session.intra_op.allow_spinning": "0",
+    "session.inter_op.allow_spinning": "0",
+}
+_CPU = "CPUExecutionProvider"
+
+
+def _profile_settings(manifest: Manifest) -> tuple[list[str], int]:
+    """Execution providers and thread count of the manifest's profile (CPU defaults if unknown)."""
+    try:
+        profile = load_profile(manifest.profile)
+    except EdgeError as exc:
+        log.warning(
+            "%s: profile %r not found on this device (%s); using the CPU",
+            manifest.name,
+            manifest.profile,
+            exc,
+        )
+        return [_CPU], os.cpu_count() or 1
+    return list(profile.execution_providers), profile.threads
+
+
+def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
+    """The wanted providers this onnxruntime has, in order, always ending with the CPU."""
+    chosen = []
+    for provider in wanted:
+        if provider in available:
+            chosen.append(provider)
+        else:
+            log.warning(
+                "execution provider %s is not available in this onnxruntime build; falling back", provider
+            )
+    if _CPU not in chosen:
+        chosen.append(_CPU)
+    return chosen
+
+
+def session_options(manifest: Manifest, threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = _OPT_LEVELS[manifest.runtime_options.graph_optimization_level]
+    # The manifest's entries win: the converter measured with them.
+    for key, value in {**_QUIET_THREADS, **manifest.runtime_options.session_config}.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+class OnnxRuntime(ModelRuntime):
+    def __init__(self, model_path: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+        super().__init__(manifest)
+        wanted, profile_threads = _profile_settings(manifest)
+        threads = threads or max(1, min(profile_threads, os.cpu_count() or 1))
+        providers = choose_providers(wanted, ort.get_available_providers())
+        self.session = self._create(model_path, manifest, threads, providers)
+        self.backend = self.session.get_providers()[0]
+        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+        self._all_outputs = [o.name for o in self.session.get_outputs()]
+
+    @staticmethod
+    def _create(
+        model_path: Path, manifest: Manifest, threads: int, providers: list[str]
+    ) -> ort.InferenceSession:
+        # A provider can be built in and still fail at start (no GPU, no driver): drop it, try the next.
+        while True:
+            try:
+                session = ort.InferenceSession(
+                    str(model_path), sess_options=session_options(manifest, threads), providers=providers
+                )
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                if len(providers) == 1:
+                    raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+                log.warning(
+                    "execution provider %s failed to start (%s); falling back to %s",
+                    providers[0],
+                    str(exc).splitlines()[0],
+                    providers[1],
+                )
+                providers = providers[1:]
+                continue
+            dropped = [p for p in providers if p not in session.get_providers()]
+            for p in dropped:
+                log.warning(
+                    "onnxruntime did not enable execution provider %s on this device; running on %s",
+                    p,
+                    session.get_providers()[0],
+                )
+            log.info(
+                "%s %s loaded on %s with %d threads",
+                manifest.name,
+                manifest.version,
+                session.get_providers()[0],
+                threads,
+            )
+            return session
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        feed = {name: self._to_ort(name, value) for name, value in inputs.items()}
+        names = output_names or self._all_outputs
+        try:
+            results = self.session.run(names, feed)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            from sdk.errors import InferenceError
+
+            raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from None
+        return dict(zip(names, results, strict=True))
+
+    def _to_ort(self, name: str, value: np.ndarray) -> np.ndarray:
+        if name in self._string_inputs:
+            # onnxruntime's string tensors take str objects; the wire gives bytes.
+            return np.vectorize(
+                lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b), otypes=[object]
+            )(value)
+        return value

@@ -1,0 +1,65 @@
+"""The agent's settings, one typed object built by the CLI (or a test) and passed in.
+
+A plain pydantic model rather than pydantic-settings: the agent's install stays free of the
+fleet's dependencies, and every value comes from the command line anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.batching import SchedulingConfig
+
+
+class SyncSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    fleet_url: str
+    broker_url: str
+    device_id: str
+    credentials_file: Path
+    telemetry_interval_s: float = Field(10.0, gt=0)
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    data_dir: Path
+    trust_keys: list[Path] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_concurrency: int = Field(2, ge=1)
+    max_queue: int = Field(64, ge=0)
+    max_batch_size: int = Field(0, ge=0)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    #: models whose executions average under this run on the event loop (no thread hop).
+    inline_below_ms: float = Field(0.3, ge=0)
+    #: intra-op threads per model; None: the hardware profile's count, capped at the CPU count.
+    threads: int | None = Field(None, ge=1)
+    #: how often to look for versions another process activated (``edge-agent install`` beside serve).
+    poll_interval_s: float = Field(2.0, gt=0)
+    sync: SyncSettings | None = None
+
+    #: per model batching that overrides the defaults above: name -> (max batch size, max queue delay ms).
+    model_batching: dict[str, tuple[int, float]] = Field(default_factory=dict)
+
+    def scheduling(self, model: str) -> SchedulingConfig:
+        size, delay = self.model_batching.get(model, (self.max_batch_size, self.max_queue_delay_ms))
+        return SchedulingConfig(
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+            max_batch_size=size,
+            max_queue_delay_ms=delay,
+            inline_below_ms=self.inline_below_ms,
+        )
+
+    def trusted_key_paths(self) -> list[Path]:
+        """``--trust-key`` files plus ``<data-dir>/trusted-keys/`` when it holds any key."""
+        paths = list(self.trust_keys)
+        folder = self.data_dir / "trusted-keys"
+        if folder.is_dir() and any(f.suffix in (".pub", ".pem") for f in folder.iterdir()):
+            paths.append(folder)
+        return paths

@@ -1,0 +1,94 @@
+"""Per model version request statistics for telemetry: counts, errors, latency percentiles, drift.
+
+The serving path records into :class:`VersionStats`; :meth:`TelemetryBook.telemetry_snapshot`
+hands the interval's numbers to the sync side and starts a new interval.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from agent.drift import DriftTracker
+from sdk.messages import ModelTelemetry
+
+#: latencies kept per interval; beyond it a reservoir keeps a uniform sample.
+_MAX_SAMPLES = 20_000
+
+
+class TelemetrySource(Protocol):
+    def telemetry_snapshot(self) -> list[ModelTelemetry]:
+        """Per model+version since the previous call: requests, errors, latency percentiles, drift."""
+        ...
+
+
+class VersionStats:
+    def __init__(self, name: str, version: str, drift: DriftTracker) -> None:
+        self.name = name
+        self.version = version
+        self.drift = drift
+        self._lock = threading.Lock()
+        self._rng = np.random.default_rng()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self._latencies: list[float] = []
+
+    def record(self, latency_s: float, ok: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            if not ok:
+                self.errors += 1
+                return
+            ms = latency_s * 1000.0
+            if len(self._latencies) < _MAX_SAMPLES:
+                self._latencies.append(ms)
+            else:
+                slot = int(self._rng.integers(0, self.requests))
+                if slot < _MAX_SAMPLES:
+                    self._latencies[slot] = ms
+
+    def take(self) -> ModelTelemetry | None:
+        with self._lock:
+            requests, errors, latencies = self.requests, self.errors, self._latencies
+            self._reset()
+        drift = self.drift.take()
+        if requests == 0 and not drift:
+            return None
+        p50 = p95 = p99 = None
+        if latencies:
+            p50, p95, p99 = (round(float(v), 3) for v in np.percentile(latencies, [50, 95, 99]))
+        return ModelTelemetry(
+            name=self.name,
+            version=self.version,
+            requests=requests,
+            errors=errors,
+            latency_ms_p50=p50,
+            latency_ms_p95=p95,
+            latency_ms_p99=p99,
+            drift=drift,
+        )
+
+
+class TelemetryBook:
+    """Every :class:`VersionStats` the server has used, including retired versions not yet reported."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[tuple[str, str], VersionStats] = {}
+
+    def for_version(self, name: str, version: str, drift: DriftTracker) -> VersionStats:
+        with self._lock:
+            stats = self._stats.get((name, version))
+            if stats is None:
+                stats = self._stats[(name, version)] = VersionStats(name, version, drift)
+            return stats
+
+    def telemetry_snapshot(self) -> list[ModelTelemetry]:
+        with self._lock:
+            items = list(self._stats.values())
+        return [t for s in items if (t := s.take()) is not None]

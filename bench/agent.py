@@ -1,0 +1,624 @@
+"""Benchmark edge-agent against ONNX Runtime in-process and against servers a user might pick instead.
+
+Run: ``.venv/bin/python bench/agent.py [--seconds 3] [--quick] [--no-bentoml]``
+
+Prints, side by side from one run:
+  * memory: bare ONNX Runtime session vs the agent idle (no model) and serving the models, plus peers;
+  * time to ready: process start to ``/v2/health/ready`` answering 200 with the models loaded;
+  * p50/p99 latency and throughput at concurrency 1, 4 and 16 for a small (~1 ms), a ~3 ms and a
+    medium (~10 ms) model: ONNX Runtime called in-process (the limit), the agent (binary protocol),
+    the agent with dynamic batching, a naive FastAPI endpoint speaking the protocol (JSON), and
+    BentoML when it can be installed into the bench's own venv ``bench/.venv-peer``;
+  * the issue's goals, each with the measured ratio.
+
+Every server runs as its own process; the load comes from one asyncio client on raw keep-alive
+sockets so client overhead is small and identical for every server. The machine is shared, so
+numbers are noisy: compare rows of the same run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sdk import keys  # noqa: E402
+from sdk.agent_client import encode_request  # noqa: E402
+from tests.agent.models import bundle_from_onnx, mlp_onnx  # noqa: E402
+
+PY = sys.executable
+PEER_VENV = REPO / "bench" / ".venv-peer"
+CONCURRENCY = (1, 4, 16)
+#: name -> (width, depth): dense ReLU stacks sized for about 1, 3 and 10 ms on a small x86 core.
+MODELS = {"small": (1024, 4), "mid": (1024, 8), "medium": (1024, 24)}
+
+
+# ------------------------------------------------------------------------------------ load client
+
+
+@dataclass
+class Run:
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    errors: int
+
+
+def _summary(latencies: list[float], seconds: float, errors: int) -> Run:
+    if not latencies:
+        return Run(float("nan"), float("nan"), 0.0, errors)
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    return Run(float(p50), float(p99), len(latencies) / seconds, errors)
+
+
+async def _http_worker(
+    port: int, request: bytes, stop_at: float, warm_until: float, out: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while (start := time.perf_counter()) < stop_at:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {
+                k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+            }
+            if "content-length" in headers:
+                await reader.readexactly(int(headers["content-length"]))
+            else:  # chunked
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+            if status != 200:
+                errors.append(status)
+            elif start >= warm_until:
+                out.append(time.perf_counter() - start)
+    finally:
+        writer.close()
+
+
+def http_load(port: int, request: bytes, concurrency: int, seconds: float) -> Run:
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def main() -> None:
+        warm = time.perf_counter() + 0.5
+        stop = warm + seconds
+        await asyncio.gather(
+            *(_http_worker(port, request, stop, warm, latencies, errors) for _ in range(concurrency))
+        )
+
+    asyncio.run(main())
+    return _summary(latencies, seconds, len(errors))
+
+
+def raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def inprocess_load(model: Path, x: np.ndarray, concurrency: int, seconds: float, threads: int) -> Run:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    latencies: list[float] = []
+    lock = threading.Lock()
+    warm = time.perf_counter() + 0.5
+    stop = warm + seconds
+
+    def worker() -> None:
+        mine = []
+        while (start := time.perf_counter()) < stop:
+            session.run(None, {"x": x})
+            if start >= warm:
+                mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return _summary(latencies, seconds, 0)
+
+
+# -------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tree_rss(pid: int) -> float:
+    proc = psutil.Process(pid)
+    procs = [proc, *proc.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    ready_s: float
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start(
+    name: str,
+    cmd: list[str],
+    port: int,
+    ready_path: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Server:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {ready_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if b" 200 " in s.recv(64):
+                    return Server(name, proc, port, time.perf_counter() - t0)
+        except OSError:
+            pass
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            raise RuntimeError(f"{name} not ready after {timeout} s")
+        time.sleep(0.005)
+
+
+def agent_cmd(data_dir: Path, pub: Path, port: int, *extra: str) -> list[str]:
+    return [
+        PY,
+        "-m",
+        "agent.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--trust-key",
+        str(pub),
+        "--listen",
+        f"127.0.0.1:{port}",
+        *extra,
+    ]
+
+
+FASTAPI_APP = textwrap.dedent(
+    '''
+    """The naive FastAPI endpoint a user might write: Open Inference Protocol JSON, pydantic bodies."""
+    import os, sys
+    import numpy as np, onnxruntime as ort, uvicorn
+    from fastapi import FastAPI, Request
+
+    models = {}
+    for arg in sys.argv[2:]:
+        name, path = arg.split("=")
+        models[name] = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    app = FastAPI()
+
+    @app.get("/v2/health/ready")
+    def ready():
+        return {"ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request):
+        doc = await request.json()  # tritonclient sends no Content-Type, so no typed body
+        t = doc["inputs"][0]
+        x = np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])
+        y = models[name].run(None, {t["name"]: x})[0]
+        return {"model_name": name, "outputs": [{"name": "y", "datatype": "FP32", "shape": list(y.shape),
+                                                  "data": y.reshape(-1).tolist()}]}
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    '''
+)
+
+BENTO_SERVICE = textwrap.dedent(
+    """
+    import os
+    import bentoml
+    import numpy as np
+
+    MODELS = dict(item.split("=") for item in os.environ["BENCH_MODELS"].split(","))
+
+    @bentoml.service(workers=1, threads=int(os.environ.get("BENCH_THREADS", "16")))
+    class Bench:
+        def __init__(self) -> None:
+            import onnxruntime as ort
+            self.sessions = {n: ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for n, p in MODELS.items()}
+
+        @bentoml.api
+        def small(self, x: np.ndarray) -> np.ndarray:
+            return self.sessions["small"].run(None, {"x": x.astype(np.float32)})[0]
+
+        @bentoml.api
+        def mid(self, x: np.ndarray) -> np.ndarray:
+            return self.sessions["mid"].run(None, {"x": x.astype(np.float32)})[0]
+
+        @bentoml.api
+        def medium(self, x: np.ndarray) -> np.ndarray:
+            return self.sessions["medium"].run(None, {"x": x.astype(np.float32)})[0]
+    """
+)
+
+
+def ensure_bentoml(allow_install: bool) -> Path | None:
+    """bench/.venv-peer with BentoML and onnxruntime, created on first use; None when unavailable."""
+    python = PEER_VENV / "bin" / "python"
+    check = [str(python), "-c", "import bentoml, onnxruntime, numpy"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    if not allow_install:
+        return None
+    print("creating bench/.venv-peer with bentoml (first run only) ...", file=sys.stderr)
+    subprocess.run([PY, "-m", "venv", str(PEER_VENV)], check=True)
+    (PEER_VENV / ".gitignore").write_text("*\n")
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "bentoml", "onnxruntime", "numpy"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if install.returncode != 0:
+        print(f"bentoml could not be installed: {install.stderr[-500:]}", file=sys.stderr)
+        return None
+    return python
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def help_seconds() -> float:
+    script = Path(PY).with_name("edge-agent")
+    cmd = [str(script)] if script.exists() else [PY, "-m", "agent.cli"]
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run([*cmd, "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def build_models(work: Path, key: keys.Ed25519PrivateKey) -> dict[str, tuple[Path, Path]]:
+    import onnxruntime as ort
+
+    from sdk.manifest import TensorSpec
+
+    out = {}
+    for name, (width, depth) in MODELS.items():
+        model = mlp_onnx(work / f"{name}.onnx", width=width, depth=depth)
+        x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
+        y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+        spec = [TensorSpec(name="x", datatype="FP32", shape=[-1, width])]
+        bundle = bundle_from_onnx(
+            work / "bundles",
+            key,
+            model,
+            name=name,
+            version="1",
+            inputs=spec,
+            outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
+            smoke_inputs={"x": x},
+            smoke_outputs={"y": y},
+        )
+        out[name] = (model, bundle)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--quick", action="store_true", help="small and medium only, concurrency 1 and 16")
+    parser.add_argument("--no-bentoml", action="store_true", help="skip BentoML (no install attempt)")
+    args = parser.parse_args()
+    seconds = args.seconds
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    key = keys.generate_key()
+    _, pub = keys.save_keypair(key, work / "signer")
+    models = build_models(work, key)
+    names = ["small", "medium"] if args.quick else list(MODELS)
+    levels = (1, 16) if args.quick else CONCURRENCY
+    threads = min(2, os.cpu_count() or 1)
+
+    data_dir = work / "data"
+    for n in names:
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "agent.cli",
+                "install",
+                str(models[n][1]),
+                "--data-dir",
+                str(data_dir),
+                "--trust-key",
+                str(pub),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=REPO,
+        )
+
+    memory: list[tuple[str, float]] = []
+    ready: list[tuple[str, float]] = []
+    ready.append(("edge-agent --help (median of 5)", help_seconds()))
+
+    # --- memory: bare ONNX Runtime, agent idle, agent with models
+    bare_code = textwrap.dedent(
+        """
+        import sys, time, numpy as np, onnxruntime as ort
+        for path in sys.argv[1:]:
+            s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            s.run(None, {"x": np.zeros((1, s.get_inputs()[0].shape[1]), np.float32)})
+        print("ok", flush=True)
+        time.sleep(60)
+        """
+    )
+    bare = subprocess.Popen(
+        [PY, "-c", bare_code, *(str(models[n][0]) for n in names)], stdout=subprocess.PIPE
+    )
+    assert bare.stdout is not None
+    bare.stdout.readline()
+    time.sleep(0.5)
+    memory.append(("bare python + onnxruntime sessions, same models", tree_rss(bare.pid)))
+    bare.kill()
+    bare.wait()
+
+    empty = work / "empty"
+    port = free_port()
+    idle = start("agent idle", agent_cmd(empty, pub, port), port, "/v2/health/ready")
+    time.sleep(1.0)
+    memory.append(("edge-agent, no model", tree_rss(idle.proc.pid)))
+    ready.append(("edge-agent, no model", idle.ready_s))
+    idle.stop()
+
+    rows: list[tuple[str, int, str, Run]] = []
+    requests: dict[str, dict[str, bytes]] = {}
+    inputs: dict[str, np.ndarray] = {}
+    overhead: dict[str, tuple[float, float, float]] = {}
+
+    for name in names:
+        width = MODELS[name][0]
+        x = inputs[name] = np.random.default_rng(1).standard_normal((1, width)).astype(np.float32)
+        body, hlen = encode_request({"x": x}, binary=True)
+        json_body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1, width], "data": x.reshape(-1).tolist()}
+                ]
+            }
+        ).encode()
+        requests[name] = {
+            "agent": raw_request(
+                f"/v2/models/{name}/infer", body, {"Inference-Header-Content-Length": str(hlen)}
+            ),
+            "json": raw_request(f"/v2/models/{name}/infer", json_body, {"Content-Type": "application/json"}),
+            "bento": raw_request(
+                f"/{name}", json.dumps({"x": x.tolist()}).encode(), {"Content-Type": "application/json"}
+            ),
+        }
+        for c in levels:
+            rows.append(
+                (
+                    name,
+                    c,
+                    "onnxruntime in-process (limit)",
+                    inprocess_load(models[name][0], x, c, seconds, threads),
+                )
+            )
+
+    def measure(label: str, server: Server, kind: str, paired: bool = False) -> None:
+        time.sleep(1.0)
+        memory.append((f"{label}, models loaded", tree_rss(server.proc.pid)))
+        ready.append((f"{label}, models loaded", server.ready_s))
+        for name in names:
+            for c in levels:
+                rows.append((name, c, label, http_load(server.port, requests[name][kind], c, seconds)))
+        if paired:
+            # The c=1 overhead goal compares two numbers a few ms apart on a shared machine: measure
+            # them in alternating short rounds so both see the same background load.
+            for name in names:
+                rounds = [
+                    (
+                        inprocess_load(models[name][0], inputs[name], 1, 1.0, threads),
+                        http_load(server.port, requests[name][kind], 1, 1.0),
+                    )
+                    for _ in range(5)
+                ]
+                overhead[name] = (
+                    float(np.median([r[0].p50_ms for r in rounds])),
+                    float(np.median([r[1].p50_ms for r in rounds])),
+                    float(np.median([r[1].p99_ms for r in rounds])),
+                )
+        memory.append((f"{label}, after load", tree_rss(server.proc.pid)))
+        server.stop()
+
+    port = free_port()
+    measure(
+        "edge-agent (binary)",
+        start("agent", agent_cmd(data_dir, pub, port), port, "/v2/health/ready"),
+        "agent",
+        paired=True,
+    )
+    port = free_port()
+    measure(
+        "edge-agent + batching (16, 2 ms)",
+        start(
+            "agent-batch",
+            agent_cmd(data_dir, pub, port, "--max-batch-size", "16", "--max-queue-delay-ms", "2"),
+            port,
+            "/v2/health/ready",
+        ),
+        "agent",
+    )
+    port = free_port()
+    (work / "fastapi_app.py").write_text(FASTAPI_APP)
+    measure(
+        "naive FastAPI (JSON)",
+        start(
+            "fastapi",
+            [PY, str(work / "fastapi_app.py"), str(port), *(f"{n}={models[n][0]}" for n in names)],
+            port,
+            "/v2/health/ready",
+        ),
+        "json",
+    )
+    bento_python = None if args.no_bentoml else ensure_bentoml(allow_install=True)
+    if bento_python is not None:
+        port = free_port()
+        (work / "service.py").write_text(BENTO_SERVICE)
+        env = {
+            "BENCH_MODELS": ",".join(f"{n}={models[n][0]}" for n in MODELS),
+            "BENTOML_HOME": str(work / "bento"),
+        }
+        try:
+            server = start(
+                "bentoml",
+                [
+                    str(bento_python),
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    "service:Bench",
+                    "--port",
+                    str(port),
+                    "--host",
+                    "127.0.0.1",
+                    "--working-dir",
+                    str(work),
+                ],
+                port,
+                "/readyz",
+                env=env,
+                timeout=180,
+            )
+            measure("BentoML", server, "bento")
+        except RuntimeError as exc:
+            print(f"BentoML did not start: {exc}", file=sys.stderr)
+
+    report(rows, memory, ready, names, levels, overhead)
+    return 0
+
+
+def report(
+    rows: list[tuple[str, int, str, Run]],
+    memory: list[tuple[str, float]],
+    ready: list[tuple[str, float]],
+    names: list[str],
+    levels: tuple[int, ...],
+    overhead: dict[str, tuple[float, float, float]],
+) -> None:
+    print("\nmemory (RSS, MiB)")
+    for label, mib in memory:
+        print(f"  {label:<52} {mib:8.1f}")
+    print("\ntime to ready (process start to /v2/health/ready = 200)")
+    for label, s in ready:
+        print(f"  {label:<52} {s:8.2f} s")
+    print(
+        f"\n{'model':<8} {'conc':>4}  {'server':<36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6}"
+    )
+    for name, c, label, r in rows:
+        print(f"{name:<8} {c:>4}  {label:<36} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rps:8.0f} {r.errors:>6}")
+
+    def get(name: str, c: int, prefix: str) -> Run | None:
+        return next(
+            (r for n, cc, label, r in rows if n == name and cc == c and label.startswith(prefix)), None
+        )
+
+    print("\ngoals")
+    for name in names:
+        if name in overhead:
+            limit_p50, agent_p50, agent_p99 = overhead[name]
+            over = agent_p50 - limit_p50
+            print(
+                f"  {name}: c=1 p50 in-process {limit_p50:.2f} ms, agent {agent_p50:.2f} ms: {over:+.2f} ms"
+                f" (goal <= 1 ms) {'OK' if over <= 1 else 'MISSED'}; agent p99 {agent_p99:.2f} ms"
+                " (median of 5 alternating 1 s rounds)"
+            )
+        for c in levels:
+            if c == 1:
+                continue
+            agent = get(name, c, "edge-agent (binary)")
+            peers = [
+                r
+                for n, cc, label, r in rows
+                if n == name and cc == c and label.startswith(("naive", "BentoML"))
+            ]
+            if agent and peers:
+                best = max(p.rps for p in peers)
+                ratio = agent.rps / best if best else float("inf")
+                print(
+                    f"  {name} c={c}: agent {agent.rps:.0f} req/s vs best peer {best:.0f}: x{ratio:.2f} "
+                    f"(goal >= 1.3) {'OK' if ratio >= 1.3 else 'MISSED'}"
+                )
+        plain, batched = (
+            get(name, max(levels), "edge-agent (binary)"),
+            get(name, max(levels), "edge-agent + batching"),
+        )
+        if plain and batched and plain.rps:
+            ratio = batched.rps / plain.rps
+            print(
+                f"  {name} c={max(levels)}: batching x{ratio:.2f} of unbatched (goal >= 1.5) "
+                f"{'OK' if ratio >= 1.5 else 'MISSED'}"
+            )
+    idle = next((mib for label, mib in memory if label == "edge-agent, no model"), None)
+    if idle is not None:
+        print(f"  idle RSS {idle:.1f} MiB (goal <= 80) {'OK' if idle <= 80 else 'MISSED'}")
+    helped = next((s for label, s in ready if label.startswith("edge-agent --help")), None)
+    if helped is not None:
+        print(f"  edge-agent --help in {helped:.2f} s (goal < 0.5) {'OK' if helped < 0.5 else 'MISSED'}")
+    loaded = next((s for label, s in ready if label.startswith("edge-agent (binary)")), None)
+    if loaded is not None:
+        print(f"  ready with models in {loaded:.2f} s (goal <= 0.5) {'OK' if loaded <= 0.5 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
