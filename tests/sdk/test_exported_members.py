@@ -14,7 +14,9 @@ def test_all_names_exist_and_public_names_are_exported():
     public = {
         name
         for name, value in vars(sdk).items()
-        if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
+        if not name.startswith("_")
+        and not inspect.ismodule(value)
+        and name not in ("annotations", "TYPE_CHECKING")
     }
     assert public <= set(sdk.__all__) | {"__version__"}
 
@@ -43,3 +45,18 @@ def test_tree_indentation_matches_the_class_hierarchy():
         if stack:
             assert getattr(errors, name).__bases__[0].__name__ == stack[-1][1], name
         stack.append((depth, name))
+
+
+def test_lazy_names_cover_all_and_resolve():
+    assert set(sdk._LAZY) | {"__version__"} == set(sdk.__all__)
+    for name, module in sdk._LAZY.items():
+        assert getattr(sdk, name).__module__ == module
+
+
+def test_importing_sdk_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, sdk, sdk.errors; print(sorted(m for m in ('pydantic', 'cryptography', 'yaml', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
