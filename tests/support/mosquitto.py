@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -170,11 +172,13 @@ def run_mosquitto(
     acl: str | None = None,
     tls: bool = False,
     extra_config: str = "",
+    dynsec_admin: tuple[str, str] | None = None,
 ) -> Iterator[Mosquitto]:
     """Start Mosquitto with its own config in ``workdir``.
 
     ``users`` maps username to password (a password file, anonymous off); ``acl`` is the text of
-    an ACL file; ``tls`` serves TLS with a fresh CA (``broker.ca_file``).
+    an ACL file; ``tls`` serves TLS with a fresh CA (``broker.ca_file``); ``dynsec_admin``
+    (username, password) loads the dynamic security plugin with that admin client, anonymous off.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     mosquitto_binary()  # install or skip before writing any config
@@ -195,7 +199,21 @@ def run_mosquitto(
     if tls:
         ca_file, cert, key = _self_signed(workdir)
         lines += [f"cafile {ca_file}", f"certfile {cert}", f"keyfile {key}"]
-    if users:
+    if dynsec_admin is not None:
+        state = workdir / "dynamic-security.json"
+        subprocess.run(
+            [
+                shutil.which("mosquitto_ctrl") or "/usr/bin/mosquitto_ctrl",
+                "dynsec",
+                "init",
+                str(state),
+                *dynsec_admin,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        lines += [f"plugin {DYNSEC_PLUGIN}", f"plugin_opt_config_file {state}", "allow_anonymous false"]
+    elif users:
         pw = workdir / "passwords"
         pw.write_text("")
         for user, password in users.items():

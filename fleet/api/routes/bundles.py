@@ -1,0 +1,63 @@
+"""/api/v1/bundles: upload (verified against trusted keys), list, read, download with HTTP Range."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter, UploadFile
+from fastapi.responses import FileResponse
+
+from fleet import bundles
+from fleet.api.deps import ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
+from fleet.errors import PayloadTooLargeError
+from fleet.schemas import BundleDetail, BundlePublic
+
+router = APIRouter(prefix="/bundles", tags=["bundles"])
+_CHUNK = 1024 * 1024
+
+
+@router.post("", response_model=BundlePublic, status_code=201)
+async def upload_bundle(file: UploadFile, ctx: ContextDep, _: OperatorDep) -> BundlePublic:
+    """Upload an ``.efb``; its signature must verify against one of the fleet's trusted keys."""
+    staged = ctx.storage.staging_path(f"{secrets.token_hex(8)}.efb")
+    limit = int(ctx.settings.max_bundle_mb * 1024 * 1024)
+    size = 0
+    try:
+        with open(staged, "wb") as out:
+            while chunk := await file.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(
+                        f"the bundle is larger than {ctx.settings.max_bundle_mb:g} MiB"
+                    )
+                out.write(chunk)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    with ctx.db.session() as session:
+        bundle = bundles.store_upload(session, ctx.storage, staged, ctx.trusted_keys)
+        return BundlePublic.model_validate(bundle)
+
+
+@router.get("", response_model=list[BundlePublic])
+def list_bundles(session: SessionDep, _: ViewerDep) -> list[BundlePublic]:
+    return [BundlePublic.model_validate(b) for b in bundles.list_bundles(session)]
+
+
+@router.get("/{bundle_id}", response_model=BundleDetail)
+def get_bundle(bundle_id: str, session: SessionDep, _: ViewerDep) -> BundleDetail:
+    return BundleDetail.model_validate(bundles.get(session, bundle_id))
+
+
+@router.get("/{bundle_id}/download", response_class=FileResponse)
+def download_bundle(
+    bundle_id: str, session: SessionDep, ctx: ContextDep, _: DeviceOrViewerDep
+) -> FileResponse:
+    """The ``.efb`` file; honours ``Range: bytes=N-`` (206) so a cut download resumes."""
+    bundle = bundles.get(session, bundle_id)
+    return FileResponse(
+        ctx.storage.path(bundle.storage_key),
+        media_type="application/octet-stream",
+        filename=f"{bundle.name}-{bundle.version}-{bundle.profile}.efb",
+        headers={"X-Content-SHA256": bundle.sha256},
+    )

@@ -1,0 +1,71 @@
+"""/api/v1/devices: register (with credentials), list, read, relabel, delete, health."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from fleet import devices
+from fleet.api.deps import AdminDep, ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
+from fleet.errors import ForbiddenError
+from fleet.schemas import DeviceCreate, DeviceHealth, DevicePublic, DeviceUpdate
+from sdk.credentials import DeviceCredentials
+from sdk.errors import ConfigError
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"label filter {pair!r} must be KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@router.post("", response_model=DeviceCredentials, status_code=201)
+def register_device(
+    data: DeviceCreate, session: SessionDep, ctx: ContextDep, _: OperatorDep
+) -> DeviceCredentials:
+    """Register a device; the answer holds its token and broker password (shown only once)."""
+    return devices.register(session, data, ctx.settings, ctx.accounts)
+
+
+@router.get("", response_model=list[DevicePublic])
+def list_devices(
+    session: SessionDep,
+    _: ViewerDep,
+    label: Annotated[list[str], Query(description="KEY=VALUE, repeatable")] = [],  # noqa: B006
+    profile: str | None = None,
+) -> list[DevicePublic]:
+    return [
+        DevicePublic.model_validate(d)
+        for d in devices.list_devices(session, labels=_labels(label), profile=profile)
+    ]
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, session: SessionDep, token: DeviceOrViewerDep) -> DevicePublic:
+    if token.role == "device" and token.device_id != device_id:
+        raise ForbiddenError("a device token may only read its own device")
+    return DevicePublic.model_validate(devices.get(session, device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(device_id: str, data: DeviceUpdate, session: SessionDep, _: OperatorDep) -> DevicePublic:
+    return DevicePublic.model_validate(devices.update(session, device_id, data))
+
+
+@router.delete("/{device_id}", status_code=204)
+def delete_device(device_id: str, session: SessionDep, ctx: ContextDep, _: AdminDep) -> None:
+    devices.delete(session, device_id, ctx.accounts)
+
+
+@router.get("/{device_id}/health", response_model=DeviceHealth)
+def device_health(
+    device_id: str, session: SessionDep, _: ViewerDep, window_s: Annotated[float, Query(gt=0)] = 300.0
+) -> DeviceHealth:
+    return devices.health(session, device_id, window_s)

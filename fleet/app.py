@@ -1,0 +1,160 @@
+"""``create_app(settings)``: the one place the fleet is assembled (database, storage, broker, controller)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fleet.api.routes import bundles, devices, rollouts, tokens
+from fleet.context import FleetContext
+from fleet.db.session import Database, migrate
+from fleet.ingest import Ingest
+from fleet.metrics import FleetMetrics
+from fleet.mqtt.client import FleetMqtt
+from fleet.mqtt.dynsec import RESPONSE, DynamicSecurity
+from fleet.rollout.controller import RolloutController
+from fleet.rollout.desired import Publisher
+from fleet.settings import FleetSettings
+from fleet.storage import open_storage
+from sdk import __version__, keys
+from sdk.errors import EdgeError
+
+log = logging.getLogger(__name__)
+DASHBOARD = Path(__file__).with_name("dashboard")
+
+
+def build_context(settings: FleetSettings, publisher: Publisher | None = None) -> FleetContext:
+    db = Database(settings.db_url)
+    migrate(db.engine)
+    return FleetContext(
+        settings=settings,
+        db=db,
+        storage=open_storage(settings.storage),
+        trusted_keys=keys.load_trusted_keys(settings.trust_keys),
+        metrics=FleetMetrics(db),
+        publisher=publisher,
+    )
+
+
+def _on_broker_connect(ctx: FleetContext) -> None:
+    if isinstance(ctx.accounts, DynamicSecurity) and ctx.mqtt is not None:
+        # The fleet's own rights on device topics come from a dynsec role it creates itself.
+        try:
+            ctx.accounts.ensure_fleet_role()
+        except EdgeError as exc:
+            log.error("cannot set up the fleet's broker role: %s", exc)
+        ctx.mqtt.resubscribe()
+    if ctx.controller is not None:
+        ctx.controller.request_republish()
+
+
+def _start_background(ctx: FleetContext) -> Ingest | None:
+    s = ctx.settings
+    ingest = None
+    if s.broker_url and ctx.publisher is None:
+        ctx.mqtt = FleetMqtt(
+            s.broker_url,
+            username=s.broker_username,
+            password=s.broker_password,
+            ca_file=str(s.broker_ca_file) if s.broker_ca_file else None,
+            protocol=s.mqtt_protocol,
+            share_group=s.share_group,
+            on_connect=lambda: _on_broker_connect(ctx),
+            control_topics=(RESPONSE,) if s.broker_accounts == "dynsec" else (),
+        )
+        if s.broker_accounts == "dynsec":
+            ctx.accounts = DynamicSecurity(ctx.mqtt, s.broker_username)
+        ingest = Ingest(
+            ctx.db, ctx.mqtt.inbox, ctx.metrics, batch=s.ingest_batch, max_wait_s=s.ingest_max_wait_s
+        )
+        ingest.start()
+        ctx.mqtt.start()
+    ctx.controller = RolloutController(
+        ctx.db,
+        ctx.publish_desired,
+        s.base_url(),
+        lease_s=s.controller_lease_s,
+        retention_s=s.telemetry_retention_s,
+    )
+    if s.controller_interval_s > 0:
+        ctx.controller.start(s.controller_interval_s)
+    return ingest
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(EdgeError)
+    async def edge_error(_request: Request, exc: EdgeError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(
+    settings: FleetSettings, *, publisher: Publisher | None = None, context: FleetContext | None = None
+) -> FastAPI:
+    """The fleet's ASGI app. ``publisher`` replaces the broker (a seam for unit tests);
+    ``context`` is one built beforehand (the CLI does, so bad settings fail before the server starts)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = context or build_context(settings, publisher)
+        app.state.fleet = ctx
+        ingest = _start_background(ctx)
+        try:
+            yield
+        finally:
+            if ctx.controller is not None:
+                ctx.controller.stop()
+            if ctx.mqtt is not None:
+                ctx.mqtt.stop()
+            if ingest is not None:
+                ingest.stop()
+            ctx.db.dispose()
+
+    app = FastAPI(
+        title="edge-fleet",
+        version=__version__,
+        description="Devices, bundles and staged rollouts of edgefleet. Every call needs `Authorization: Bearer TOKEN`.",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/docs",
+    )
+    _error_handlers(app)
+    for module in (devices, bundles, rollouts, tokens):
+        app.include_router(module.router, prefix="/api/v1")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        ctx: FleetContext = request.app.state.fleet
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html", media_type="text/html")
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    def dashboard_asset(name: str) -> FileResponse:
+        if name not in ("app.js", "style.css"):
+            raise StarletteHTTPException(404, f"no dashboard file {name}")
+        return FileResponse(DASHBOARD / name)
+
+    return app

@@ -1,0 +1,243 @@
+"""``edge-fleet``: ``up`` (all in one), ``serve`` (production replica), ``token create``."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sdk.console import run_cli, setup_logging
+from sdk.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleet.settings import FleetSettings
+
+log = logging.getLogger("edge-fleet")
+
+
+def _host_port(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{flag} {text!r} must be HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Fail with one line naming the taken port and the flag that changes it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {host}:{port} is already in use; pick another with {flag} HOST:PORT"
+                ) from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-fleet", description="edgefleet fleet service")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="all in one: embedded MQTT broker, SQLite, bundles on local disk")
+    up.add_argument("--listen", default="127.0.0.1:8800", help="HTTP HOST:PORT (default 127.0.0.1:8800)")
+    up.add_argument("--mqtt-listen", default="127.0.0.1:1883", help="MQTT HOST:PORT (default 127.0.0.1:1883)")
+    up.add_argument("--data-dir", type=Path, default=Path.home() / ".edgefleet", help="database and bundles")
+    up.add_argument(
+        "--trust-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="public key (or folder) bundles must be signed with",
+    )
+
+    serve = sub.add_parser("serve", help="one stateless replica on PostgreSQL, Mosquitto and shared storage")
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("EDGEFLEET_DB_URL"),
+        help="database URL, e.g. postgresql://user@host/edgefleet (default: $EDGEFLEET_DB_URL)",
+    )
+    serve.add_argument("--broker", default="", help="mqtt[s]://HOST:PORT (omit for an API-only replica)")
+    serve.add_argument("--storage", required=True, help="bundle folder (a shared volume for replicas)")
+    serve.add_argument("--listen", default="127.0.0.1:8800")
+    serve.add_argument("--trust-key", type=Path, action="append", default=[])
+    serve.add_argument("--public-url", help="base URL devices download bundles from")
+    serve.add_argument("--device-broker-url", help="broker URL handed to devices (default: --broker)")
+    serve.add_argument("--broker-username", default=os.environ.get("EDGEFLEET_BROKER_USERNAME"))
+    serve.add_argument(
+        "--broker-password-env",
+        default="EDGEFLEET_BROKER_PASSWORD",
+        help="environment variable holding the broker password (never a flag: it shows in ps)",
+    )
+    serve.add_argument("--broker-ca-file", type=Path)
+    serve.add_argument("--mqtt-protocol", choices=["3.1.1", "5"], default="5")
+    serve.add_argument(
+        "--share-group",
+        default="edgefleet",
+        help="MQTT v5 shared subscription group for replicas ('' to subscribe normally)",
+    )
+    serve.add_argument(
+        "--broker-accounts",
+        choices=["none", "dynsec"],
+        default="none",
+        help="create device broker accounts with Mosquitto's dynamic security plugin",
+    )
+    serve.add_argument("--controller-interval", type=float, default=0.5)
+
+    token = sub.add_parser("token", help="API tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    create = tsub.add_parser("create", help="create a token and print it (last line)")
+    create.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "device"])
+    create.add_argument(
+        "--db",
+        default=os.environ.get("EDGEFLEET_DB_URL", f"sqlite:///{Path.home() / '.edgefleet' / 'fleet.db'}"),
+    )
+    create.add_argument("--name")
+    create.add_argument("--device-id", help="for --role device: the device the token belongs to")
+    return p
+
+
+def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
+    import uvicorn
+
+    from fleet.app import build_context, create_app
+
+    # Built here, not in the server's start-up, so bad settings are one line from run_cli.
+    context = build_context(settings)
+    app = create_app(settings, context=context)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from fleet import auth
+    from fleet.db.session import Database, migrate
+    from fleet.mqtt.broker import BrokerAuthority, EmbeddedBroker
+    from fleet.settings import FleetSettings
+
+    host, port = _host_port(args.listen, "--listen")
+    mhost, mport = _host_port(args.mqtt_listen, "--mqtt-listen")
+    check_port_free(host, port, "--listen")
+    check_port_free(mhost, mport, "--mqtt-listen")
+    data: Path = args.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    trust = list(args.trust_key)
+    if (data / "trusted-keys").is_dir():
+        trust.append(data / "trusted-keys")
+    admin_password = secrets.token_urlsafe(24)
+    broker_host = "127.0.0.1" if mhost in ("0.0.0.0", "") else mhost
+    settings = FleetSettings(
+        db_url=f"sqlite:///{data / 'fleet.db'}",
+        storage=str(data / "bundles"),
+        broker_url=f"mqtt://{broker_host}:{mport}",
+        broker_username="edge-fleet",
+        broker_password=admin_password,
+        mqtt_protocol="3.1.1",
+        broker_accounts="db",
+        listen_host=host,
+        listen_port=port,
+        trust_keys=trust,
+    )
+    db = Database(settings.db_url)
+    migrate(db.engine)
+    with db.session() as s:
+        token = auth.create_token(s, "admin", name="edge-fleet up")
+    broker = EmbeddedBroker(mhost, mport, BrokerAuthority(db, "edge-fleet", admin_password))
+    broker.start()
+    base = settings.base_url()
+    sys.stdout.write(
+        f"edge-fleet is up\n"
+        f"  dashboard  {base}/\n"
+        f"  API        {base}/api/v1   (OpenAPI: {base}/docs)\n"
+        f"  MQTT       mqtt://{broker_host}:{mport}   (embedded amqtt, MQTT 3.1.1)\n"
+        f"  data       {data}\n"
+        f"  trusted signing keys: {len(trust) or 'none (bundle uploads are refused; use --trust-key)'}\n"
+        f"admin token:\n{token}\n"
+    )
+    sys.stdout.flush()
+    try:
+        _serve_app(settings, host, port)
+    finally:
+        broker.stop()
+        db.dispose()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fleet.settings import FleetSettings
+
+    if not args.db:
+        raise ConfigError("serve needs --db URL (or EDGEFLEET_DB_URL)")
+    host, port = _host_port(args.listen, "--listen")
+    check_port_free(host, port, "--listen")
+    settings = FleetSettings(
+        db_url=args.db,
+        broker_url=args.broker,
+        broker_username=args.broker_username,
+        broker_password=os.environ.get(args.broker_password_env),
+        broker_ca_file=args.broker_ca_file,
+        mqtt_protocol=args.mqtt_protocol,
+        share_group=(args.share_group or None) if args.mqtt_protocol == "5" else None,
+        broker_accounts=args.broker_accounts,
+        storage=args.storage,
+        trust_keys=args.trust_key,
+        listen_host=host,
+        listen_port=port,
+        public_url=args.public_url,
+        device_broker_url=args.device_broker_url,
+        controller_interval_s=args.controller_interval,
+    )
+    if host in ("0.0.0.0", "::") and not args.public_url:
+        log.warning(
+            "listening on %s without --public-url: devices are told to download bundles from %s",
+            host,
+            settings.base_url(),
+        )
+    _serve_app(settings, host, port)
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from fleet import auth
+    from fleet.db.session import Database, migrate
+
+    if args.role == "device" and not args.device_id:
+        raise ConfigError("--role device needs --device-id")
+    db = Database(args.db)
+    migrate(db.engine)
+    with db.session() as s:
+        token = auth.create_token(s, args.role, device_id=args.device_id, name=args.name)
+    db.dispose()
+    sys.stderr.write(f"created a {args.role} token; it is shown only once:\n")
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.verbose < 2:
+        # Their INFO lines (plugin set-up, session state changes) drown what an operator needs.
+        for noisy in ("alembic", "transitions", "amqtt", "uvicorn.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "up":
+        return cmd_up(args)
+    if args.command == "serve":
+        return cmd_serve(args)
+    return cmd_token_create(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("edge-fleet", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Everything one running fleet holds, built from settings by ``create_app`` (never at import)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from fleet.db.session import Database
+from fleet.devices import BrokerAccounts, NoBrokerAccounts
+from fleet.metrics import FleetMetrics
+from fleet.mqtt.client import FleetMqtt
+from fleet.rollout.controller import RolloutController
+from fleet.rollout.desired import Publisher
+from fleet.settings import FleetSettings
+from fleet.storage import LocalStorage
+from sdk import keys
+from sdk.messages import DesiredState
+from sdk.topics import topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FleetContext:
+    settings: FleetSettings
+    db: Database
+    storage: LocalStorage
+    trusted_keys: list[keys.Ed25519PublicKey]
+    metrics: FleetMetrics
+    publisher: Publisher | None = None
+    mqtt: FleetMqtt | None = None
+    controller: RolloutController | None = None
+    accounts: BrokerAccounts = field(default_factory=NoBrokerAccounts)
+    _published: dict[str, int] = field(default_factory=dict)
+    _published_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish_desired(self, device_id: str, message: DesiredState) -> None:
+        """Send a device its desired state (QoS 1, retained), after the database has it.
+
+        Never an older revision after a newer one from this process: the API and the controller
+        publish from different threads, and the retained message is whichever came last.
+        """
+        # Checked and sent under one lock (paho only queues the message, so this is quick).
+        with self._published_lock:
+            if message.revision < self._published.get(device_id, -1):
+                return
+            self._published[device_id] = message.revision
+            self.metrics.desired_published.inc()
+            if self.publisher is not None:
+                self.publisher(device_id, message)
+            elif self.mqtt is not None:
+                self.mqtt.publish(topic("desired", device_id), message.to_bytes(), qos=1, retain=True)
+            else:
+                log.info("no broker: desired revision %d for %s is stored only", message.revision, device_id)
+
+    def publish_all(self, outbox: list[tuple[str, DesiredState]]) -> None:
+        for device_id, message in outbox:
+            self.publish_desired(device_id, message)

@@ -1,0 +1,166 @@
+"""Table models of the fleet (SQLAlchemy 2). Secrets live only here, hashed; never in an API schema."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> float:
+    return time.time()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Token(Base):
+    """An API token: ``ef_{id}_{secret}``; only the secret's sha256 is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    profile: Mapped[str | None] = mapped_column(String(128))
+    #: PBKDF2 hash of the device's broker password (for brokers that ask the fleet).
+    mqtt_password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    status_at: Mapped[float | None] = mapped_column(Float)
+    last_seen: Mapped[float | None] = mapped_column(Float)
+
+    desired_revision: Mapped[int] = mapped_column(Integer, default=0)
+    desired_models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    reported_revision: Mapped[int] = mapped_column(Integer, default=-1)
+    reported_models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    reported_at: Mapped[float | None] = mapped_column(Float)
+    #: highest telemetry ``seq`` stored: buffered messages replayed twice are dropped.
+    telemetry_seq: Mapped[int] = mapped_column(Integer, default=-1)
+    telemetry_time: Mapped[float | None] = mapped_column(Float)
+
+
+class Bundle(Base):
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("name", "version", "profile"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    profile: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(400))
+    signer: Mapped[str] = mapped_column(String(32))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bundle_id: Mapped[str] = mapped_column(ForeignKey("bundles.id"))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON)
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    gates: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    #: failures an operator accepted by resuming after a gate paused the rollout.
+    acknowledged_failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class RolloutDevice(Base):
+    """One device's progress in one rollout; ``state`` moves only through ``rollout.states``."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    #: the desired revision this rollout gave the device, and what it replaced (for roll back).
+    revision: Mapped[int | None] = mapped_column(Integer)
+    previous_models: Mapped[list[Any] | None] = mapped_column(JSON)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    active_at: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class TelemetrySample(Base):
+    """One telemetry message; per-model counters summed so health gates read one row per message."""
+
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_time", "device_id", "time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    time: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    seq: Mapped[int] = mapped_column(Integer)
+    interval_s: Mapped[float] = mapped_column(Float)
+    cpu_percent: Mapped[float | None] = mapped_column(Float)
+    memory_percent: Mapped[float | None] = mapped_column(Float)
+    temperature_c: Mapped[float | None] = mapped_column(Float)
+    disk_used_percent: Mapped[float | None] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms_p95: Mapped[float | None] = mapped_column(Float)
+    models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class EventRecord(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_device_time", "device_id", "time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    time: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    model: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(128))
+    revision: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A named lease (the rollout controller's): one holder at a time, renewed before it expires."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float)

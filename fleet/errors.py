@@ -1,0 +1,17 @@
+"""Fleet-specific errors, subclasses of the sdk tree (see ``sdk.errors``)."""
+
+from __future__ import annotations
+
+from sdk.errors import AuthError, BundleError
+
+
+class ForbiddenError(AuthError):
+    """The token is valid but its role may not do this."""
+
+    http_status = 403
+
+
+class PayloadTooLargeError(BundleError):
+    """An upload is larger than the fleet accepts."""
+
+    http_status = 413

@@ -1,0 +1,323 @@
+"""The rollout controller: one pass moves every running rollout forward by the transition table.
+
+Each pass (1) observes what devices reported, (2) checks the health gates, (3) starts the next
+devices within the wave and in-flight limits, (4) completes the rollout when nothing is left.
+All state is in the database, so a restarted fleet (or another replica holding the lease)
+continues where the last pass stopped; desired states are published only after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from fleet import telemetry
+from fleet.db.models import Bundle, Device, EventRecord, Rollout, RolloutDevice, TelemetrySample
+from fleet.db.session import Database
+from fleet.rollout import desired, lease, service
+from fleet.rollout.states import (
+    ACTIVE_DEVICE_STATES,
+    IN_FLIGHT_STATES,
+    DeviceEvent,
+    DeviceState,
+    RolloutEvent,
+    RolloutState,
+)
+from fleet.schemas import Gates, Strategy
+
+log = logging.getLogger(__name__)
+LEASE_NAME = "rollout-controller"
+
+
+def _reported_event(
+    device: Device, rd: RolloutDevice, bundle: Bundle
+) -> tuple[DeviceEvent, str | None] | None:
+    """What the device's reported state says about this rollout's update, if anything yet."""
+    if rd.revision is None or device.reported_revision < rd.revision:
+        return None
+    model = next((m for m in device.reported_models if m.get("name") == bundle.name), None)
+    if model is None:
+        return DeviceEvent.FAIL, device.last_error or f"the device does not report model {bundle.name}"
+    if model.get("state") == "active" and model.get("version") == bundle.version:
+        return DeviceEvent.ACTIVE, None
+    if model.get("state") in ("failed", "rolled_back") or model.get("version") != bundle.version:
+        reason = model.get("error") or device.last_error or f"model state {model.get('state')}"
+        return DeviceEvent.FAIL, reason
+    return None  # still downloading or verifying
+
+
+class RolloutController:
+    def __init__(
+        self,
+        db: Database,
+        publish: desired.Publisher,
+        base_url: str,
+        *,
+        holder: str | None = None,
+        lease_s: float = 10.0,
+        retention_s: float = 0.0,
+    ) -> None:
+        self.db = db
+        self.publish = publish
+        self.base_url = base_url
+        self.holder = holder or uuid.uuid4().hex[:12]
+        self.lease_s = lease_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.is_leader = False
+        self._republish = threading.Event()
+        #: telemetry older than this is deleted by the leader, at most once a minute (0: keep all).
+        self.retention_s = retention_s
+        self._pruned_at = 0.0
+
+    # ------------------------------------------------------------------------------------ loop
+
+    def start(self, interval_s: float) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(interval_s,), name="rollout-controller", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.is_leader:
+            lease.release(self.db, LEASE_NAME, self.holder)
+
+    def request_republish(self) -> None:
+        """Ask the leader to send every device its desired state again (e.g. the broker restarted)."""
+        self._republish.set()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                was_leader = self.is_leader
+                self.is_leader = lease.acquire(self.db, LEASE_NAME, self.holder, self.lease_s)
+                if self.is_leader:
+                    # Republishing here, in the one thread that publishes rollout changes, keeps an
+                    # older snapshot from overwriting a newer retained desired state. A new leader
+                    # republishes too: the old one may have died between commit and publish.
+                    if self._republish.is_set() or not was_leader:
+                        self._republish.clear()
+                        self.republish_all()
+                    self.tick()
+                    self._prune()
+            except Exception:
+                log.exception("rollout controller pass failed; retrying")
+            self._stop.wait(interval_s)
+
+    def republish_all(self) -> int:
+        with self.db.session() as s:
+            outbox = [
+                (d.id, desired.desired_message(d))
+                for d in s.scalars(select(Device).where(Device.desired_revision > 0))
+            ]
+        for device_id, message in outbox:
+            self.publish(device_id, message)
+        log.info("republished the desired state of %d device(s)", len(outbox))
+        return len(outbox)
+
+    def _prune(self) -> None:
+        now = time.time()
+        if self.retention_s <= 0 or now - self._pruned_at < 60:
+            return
+        self._pruned_at = now
+        with self.db.session() as s:
+            removed = telemetry.prune(s, now - self.retention_s)
+        if removed:
+            log.info("deleted %d telemetry samples older than %g s", removed, self.retention_s)
+
+    # ------------------------------------------------------------------------------------ pass
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        outbox: service.Outbox = []
+        with self.db.session() as s:
+            # FOR UPDATE (PostgreSQL): an operator's pause or rollback waits for this pass, or this
+            # pass for it, instead of one overwriting the other's device states.
+            running = select(Rollout).where(Rollout.state == RolloutState.RUNNING.value).with_for_update()
+            for rollout in list(s.scalars(running)):
+                self._advance(s, rollout, now, outbox)
+        for device_id, message in outbox:
+            self.publish(device_id, message)
+
+    def _advance(self, s: Session, rollout: Rollout, now: float, outbox: service.Outbox) -> None:
+        bundle = s.get(Bundle, rollout.bundle_id)
+        assert bundle is not None
+        gates = Gates.model_validate(rollout.gates)
+        strategy = Strategy.model_validate(rollout.strategy)
+        rds = service.devices_of(s, rollout.id)
+        live = [rd for rd in rds if DeviceState(rd.state) in IN_FLIGHT_STATES]
+        devices = {
+            d.id: d for d in s.scalars(select(Device).where(Device.id.in_([rd.device_id for rd in live])))
+        }
+
+        self._observe(s, rollout, bundle, gates, live, devices, now, outbox)
+
+        started = [rd for rd in rds if rd.state not in (DeviceState.PENDING.value, DeviceState.SKIPPED.value)]
+        failed = [rd for rd in started if rd.state == DeviceState.FAILED.value]
+        unaccepted = len(failed) - rollout.acknowledged_failures
+        if started and unaccepted > 0 and unaccepted / len(started) > gates.max_failure_share:
+            latest = max(failed, key=lambda rd: rd.updated_at)
+            reason = (
+                f"health gate: {len(failed)} of {len(started)} started devices failed"
+                f" (max share {gates.max_failure_share:g}); latest: {latest.device_id}: {latest.error}"
+            )
+            log.warning("rollout %s: %s", rollout.id, reason)
+            if gates.auto_rollback:
+                service.rollback(s, rollout, reason, outbox)
+            else:
+                service.set_state(rollout, RolloutEvent.PAUSE, reason)
+            return
+
+        self._start_next(s, rollout, bundle, strategy, rds, now, outbox)
+        if not any(DeviceState(rd.state) in ACTIVE_DEVICE_STATES for rd in rds):
+            service.set_state(rollout, RolloutEvent.COMPLETE, f"done: {service.counts(s, rollout.id)}")
+            log.info("rollout %s complete", rollout.id)
+
+    def _observe(
+        self,
+        s: Session,
+        rollout: Rollout,
+        bundle: Bundle,
+        gates: Gates,
+        live: list[RolloutDevice],
+        devices: dict[str, Device],
+        now: float,
+        outbox: service.Outbox,
+    ) -> None:
+        updating = [rd for rd in live if rd.state == DeviceState.UPDATING.value]
+        failures = self._failure_events(s, bundle, updating)
+        for rd in updating:
+            device = devices[rd.device_id]
+            seen = _reported_event(device, rd, bundle)
+            if seen is None and rd.device_id in failures:
+                seen = DeviceEvent.FAIL, failures[rd.device_id]
+            if (
+                seen is None
+                and gates.update_timeout_s
+                and now - (rd.started_at or now) > gates.update_timeout_s
+            ):
+                seen = DeviceEvent.TIMEOUT, f"no report within {gates.update_timeout_s:g} s"
+            if seen is None:
+                continue
+            event, error = seen
+            service.fire(rd, event, error)
+            if event is DeviceEvent.ACTIVE:
+                rd.active_at = now
+            else:
+                service.restore_previous(device, rd, rollout.id, outbox)
+
+        baking = [rd for rd in live if rd.state == DeviceState.BAKING.value]
+        usage = (
+            self._usage_since_active(s, rollout.id, bundle.name) if gates.max_error_rate is not None else {}
+        )
+        for rd in baking:
+            device = devices[rd.device_id]
+            seen = _reported_event(device, rd, bundle)
+            if seen is not None and seen[0] is DeviceEvent.FAIL:
+                service.fire(rd, DeviceEvent.FAIL, seen[1])
+                service.restore_previous(device, rd, rollout.id, outbox)
+                continue
+            requests, errors = usage.get(rd.device_id, (0, 0))
+            if gates.max_error_rate is not None and requests >= gates.min_requests:
+                rate = errors / requests
+                if rate > gates.max_error_rate:
+                    service.fire(
+                        rd,
+                        DeviceEvent.UNHEALTHY,
+                        f"error rate {rate:.3f} over {requests} requests > {gates.max_error_rate:g}",
+                    )
+                    service.restore_previous(device, rd, rollout.id, outbox)
+                    continue
+            if now - (rd.active_at or now) >= gates.bake_s:
+                service.fire(rd, DeviceEvent.BAKED)
+
+    def _failure_events(self, s: Session, bundle: Bundle, updating: list[RolloutDevice]) -> dict[str, str]:
+        """Failure events the devices sent for this bundle since they started it (one query)."""
+        if not updating:
+            return {}
+        since = min(rd.started_at or 0.0 for rd in updating)
+        rows = s.execute(
+            select(EventRecord.device_id, EventRecord.reason, EventRecord.time).where(
+                EventRecord.ok.is_(False),
+                EventRecord.model == bundle.name,
+                EventRecord.version == bundle.version,
+                EventRecord.time >= since,
+                EventRecord.device_id.in_([rd.device_id for rd in updating]),
+            )
+        ).all()
+        started = {rd.device_id: rd.started_at or 0.0 for rd in updating}
+        return {d: reason or "the device reported a failure" for d, reason, _t in rows if _t >= started[d]}
+
+    def _usage_since_active(self, s: Session, rollout_id: str, model: str) -> dict[str, tuple[int, int]]:
+        """Requests and errors of ``model`` on each baking device since it went active.
+
+        Counted from the per-model entries, so another model on the same device that misbehaves
+        does not fail this rollout.
+        """
+        rows = s.execute(
+            select(TelemetrySample.device_id, TelemetrySample.models)
+            .join(
+                RolloutDevice,
+                and_(
+                    RolloutDevice.device_id == TelemetrySample.device_id,
+                    RolloutDevice.rollout_id == rollout_id,
+                ),
+            )
+            .where(
+                RolloutDevice.state == DeviceState.BAKING.value,
+                TelemetrySample.received_at >= RolloutDevice.active_at,
+            )
+        ).all()
+        usage: dict[str, tuple[int, int]] = {}
+        for device_id, models in rows:
+            for m in models or ():
+                if m.get("name") == model:
+                    requests, errors = usage.get(device_id, (0, 0))
+                    usage[device_id] = (
+                        requests + int(m.get("requests", 0)),
+                        errors + int(m.get("errors", 0)),
+                    )
+        return usage
+
+    def _start_next(
+        self,
+        s: Session,
+        rollout: Rollout,
+        bundle: Bundle,
+        strategy: Strategy,
+        rds: list[RolloutDevice],
+        now: float,
+        outbox: service.Outbox,
+    ) -> None:
+        waiting = [rd for rd in rds if DeviceState(rd.state) in ACTIVE_DEVICE_STATES]
+        if not waiting:
+            return
+        wave = min(rd.wave for rd in waiting)
+        in_flight = sum(1 for rd in rds if DeviceState(rd.state) in IN_FLIGHT_STATES)
+        room = strategy.max_in_flight - in_flight
+        to_start = [rd for rd in waiting if rd.wave == wave and rd.state == DeviceState.PENDING.value][
+            : max(room, 0)
+        ]
+        if not to_start:
+            return
+        devices = {
+            d.id: d for d in s.scalars(select(Device).where(Device.id.in_([rd.device_id for rd in to_start])))
+        }
+        for rd in to_start:
+            device = devices[rd.device_id]
+            previous: list[Any] = list(device.desired_models)
+            rd.previous_models = previous
+            rd.revision = desired.set_desired(device, desired.with_bundle(previous, bundle, self.base_url))
+            rd.started_at = now
+            service.fire(rd, DeviceEvent.START)
+            outbox.append((device.id, desired.desired_message(device, rollout.id)))
+        log.info("rollout %s: started %d device(s) of wave %d", rollout.id, len(to_start), wave)

@@ -1,0 +1,167 @@
+"""Operator actions on rollouts: create (select devices, plan waves), pause, resume, roll back."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleet import bundles as bundle_store
+from fleet import devices as device_registry
+from fleet.db.models import Device, Rollout, RolloutDevice
+from fleet.rollout import desired
+from fleet.rollout.states import (
+    ACTIVE_DEVICE_STATES,
+    TOUCHED_STATES,
+    DeviceEvent,
+    DeviceState,
+    RolloutEvent,
+    RolloutState,
+    device_transition,
+    rollout_transition,
+)
+from fleet.schemas import RolloutCreate, Strategy
+from sdk.errors import ConfigError, ConflictError, NotFoundError
+from sdk.messages import DesiredState
+
+Outbox = list[tuple[str, DesiredState]]
+
+
+def plan_waves(count: int, strategy: Strategy) -> list[int]:
+    """The wave of each of ``count`` devices: wave 0 is the canaries (if any), then ``waves`` groups."""
+    if strategy.canary_count is not None:
+        canaries = min(count, strategy.canary_count)
+    elif strategy.canary_share is not None:
+        canaries = min(count, math.ceil(strategy.canary_share * count))
+    else:
+        canaries = 0
+    rest = count - canaries
+    waves = [0] * canaries
+    first = 1 if canaries else 0
+    for i in range(rest):
+        waves.append(first + (i * strategy.waves) // rest)
+    return waves
+
+
+def create(session: Session, data: RolloutCreate) -> Rollout:
+    bundle = bundle_store.get(session, data.bundle_id)
+    sel = data.selector
+    if sel.device_ids is not None:
+        chosen = [device_registry.get(session, d) for d in sel.device_ids]
+        chosen = [d for d in chosen if all(d.labels.get(k) == v for k, v in sel.labels.items())]
+    else:
+        chosen = device_registry.list_devices(session, labels=sel.labels)
+    profile = sel.profile or bundle.profile
+    chosen = [d for d in chosen if d.profile in (None, profile)]
+    if not chosen:
+        raise ConfigError("the selector matches no device")
+    busy = session.scalars(
+        select(RolloutDevice.device_id)
+        .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+        .where(
+            Rollout.state.in_([RolloutState.RUNNING.value, RolloutState.PAUSED.value]),
+            RolloutDevice.state.in_([s.value for s in ACTIVE_DEVICE_STATES]),
+            RolloutDevice.device_id.in_([d.id for d in chosen]),
+        )
+    ).all()
+    if busy:
+        raise ConflictError(
+            f"{len(busy)} selected device(s) are in another unfinished rollout: {busy[0]}, ..."
+        )
+    rollout = Rollout(
+        id=secrets.token_hex(8),
+        bundle_id=bundle.id,
+        state=RolloutState.RUNNING.value,
+        selector=sel.model_dump(),
+        strategy=data.strategy.model_dump(),
+        gates=data.gates.model_dump(),
+    )
+    session.add(rollout)
+    session.flush()
+    for device, wave in zip(chosen, plan_waves(len(chosen), data.strategy), strict=True):
+        session.add(
+            RolloutDevice(
+                rollout_id=rollout.id, device_id=device.id, wave=wave, state=DeviceState.PENDING.value
+            )
+        )
+    return rollout
+
+
+def get(session: Session, rollout_id: str) -> Rollout:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise NotFoundError(f"no rollout {rollout_id}")
+    return rollout
+
+
+def devices_of(session: Session, rollout_id: str) -> list[RolloutDevice]:
+    return list(
+        session.scalars(
+            select(RolloutDevice)
+            .where(RolloutDevice.rollout_id == rollout_id)
+            .order_by(RolloutDevice.wave, RolloutDevice.device_id)
+        )
+    )
+
+
+def set_state(rollout: Rollout, event: RolloutEvent, reason: str | None = None) -> None:
+    rollout.state = rollout_transition(rollout.state, event).value
+    rollout.updated_at = time.time()
+    if reason is not None:
+        rollout.reason = reason
+
+
+def fire(rd: RolloutDevice, event: DeviceEvent, error: str | None = None) -> None:
+    rd.state = device_transition(rd.state, event).value
+    rd.updated_at = time.time()
+    if error is not None:
+        rd.error = error
+
+
+def restore_previous(device: Device, rd: RolloutDevice, rollout_id: str, outbox: Outbox) -> None:
+    """Give the device back the desired state this rollout replaced, unless something newer changed it."""
+    if rd.revision is None or device.desired_revision != rd.revision:
+        return
+    desired.set_desired(device, rd.previous_models or [])
+    outbox.append((device.id, desired.desired_message(device, rollout_id)))
+
+
+def rollback(session: Session, rollout: Rollout, reason: str, outbox: Outbox) -> None:
+    """Roll back: every device this rollout touched gets its previous desired state; the rest are skipped."""
+    set_state(rollout, RolloutEvent.ROLLBACK, reason)
+    rds = devices_of(session, rollout.id)
+    devices = {
+        d.id: d for d in session.scalars(select(Device).where(Device.id.in_([r.device_id for r in rds])))
+    }
+    for rd in rds:
+        state = DeviceState(rd.state)
+        if state in TOUCHED_STATES:
+            restore_previous(devices[rd.device_id], rd, rollout.id, outbox)
+            fire(rd, DeviceEvent.ROLLBACK)
+        elif state is DeviceState.PENDING:
+            fire(rd, DeviceEvent.ROLLBACK)
+
+
+def act(session: Session, rollout_id: str, event: RolloutEvent, outbox: Outbox, reason: str) -> Rollout:
+    """An operator's pause, resume or rollback (the rollout row locked against a controller pass)."""
+    rollout = session.get(Rollout, rollout_id, with_for_update=True)
+    if rollout is None:
+        raise NotFoundError(f"no rollout {rollout_id}")
+    if event is RolloutEvent.ROLLBACK:
+        rollback(session, rollout, reason, outbox)
+        return rollout
+    set_state(rollout, event, reason)
+    if event is RolloutEvent.RESUME:
+        # Resuming after a gate paused the rollout accepts the failures so far; new ones still count.
+        rollout.acknowledged_failures = counts(session, rollout.id).get(DeviceState.FAILED.value, 0)
+    return rollout
+
+
+def counts(session: Session, rollout_id: str) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for rd in devices_of(session, rollout_id):
+        result[rd.state] = result.get(rd.state, 0) + 1
+    return result

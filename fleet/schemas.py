@@ -1,0 +1,183 @@
+"""API schemas, one family per entity: Create/Update (input) and Public (output).
+
+Secrets (token hashes, broker password hashes) exist only on the table models in ``db.models``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sdk.topics import check_device_id
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+
+class DeviceCreate(_In):
+    #: chosen by the caller (e.g. a serial number) or generated.
+    device_id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    profile: str | None = None
+
+    @field_validator("device_id")
+    @classmethod
+    def _id(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_device_id(v)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+
+
+class DeviceUpdate(_In):
+    labels: dict[str, str] | None = None
+    profile: str | None = None
+
+
+class DevicePublic(_Out):
+    id: str
+    labels: dict[str, Any]
+    profile: str | None
+    online: bool
+    last_seen: float | None
+    desired_revision: int
+    desired_models: list[Any]
+    reported_revision: int
+    reported_models: list[Any]
+    agent_version: str | None
+    last_error: str | None
+    created_at: float
+
+
+class DeviceHealth(BaseModel):
+    device_id: str
+    online: bool
+    last_seen: float | None
+    window_s: float
+    samples: int
+    requests: int
+    errors: int
+    error_rate: float | None
+    cpu_percent: float | None
+    memory_percent: float | None
+    temperature_c: float | None
+    disk_used_percent: float | None
+    latency_ms_p95: float | None
+    recent_events: list[dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------ bundles
+
+
+class BundlePublic(_Out):
+    id: str
+    name: str
+    version: str
+    profile: str
+    sha256: str
+    size: int
+    signer: str
+    created_at: float
+
+
+class BundleDetail(BundlePublic):
+    manifest: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------- rollouts
+
+
+class Selector(_In):
+    """Devices whose labels include all of ``labels`` and, if given, run ``profile`` (or are listed)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    profile: str | None = None
+    device_ids: list[str] | None = None
+
+
+class Strategy(_In):
+    canary_count: int | None = Field(None, ge=0)
+    canary_share: float | None = Field(None, ge=0, le=1)
+    #: the devices after the canaries are split into this many waves.
+    waves: int = Field(1, ge=1)
+    max_in_flight: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _one_canary(self) -> Strategy:
+        if self.canary_count is not None and self.canary_share is not None:
+            raise ValueError("give canary_count or canary_share, not both")
+        return self
+
+
+class Gates(_In):
+    #: stop when more than this share of the started devices failed.
+    max_failure_share: float = Field(0.0, ge=0, le=1)
+    #: stop when a device's errors/requests over its bake time pass this (needs ``min_requests``).
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    min_requests: int = Field(1, ge=1)
+    bake_s: float = Field(0.0, ge=0)
+    #: a device that has not reported the update after this long fails (None: wait forever,
+    #: so a device that is offline converges when it returns).
+    update_timeout_s: float | None = Field(None, gt=0)
+    #: on a failed gate, roll back (True) or only pause (False).
+    auto_rollback: bool = True
+
+
+class RolloutCreate(_In):
+    bundle_id: str
+    selector: Selector = Field(default_factory=Selector)
+    strategy: Strategy = Field(default_factory=Strategy)
+    gates: Gates = Field(default_factory=Gates)
+
+
+class RolloutDevicePublic(_Out):
+    device_id: str
+    wave: int
+    state: str
+    revision: int | None
+    started_at: float | None
+    active_at: float | None
+    updated_at: float
+    error: str | None
+
+
+class RolloutPublic(_Out):
+    id: str
+    bundle_id: str
+    state: str
+    selector: dict[str, Any]
+    strategy: dict[str, Any]
+    gates: dict[str, Any]
+    reason: str | None
+    created_at: float
+    updated_at: float
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class RolloutDetail(RolloutPublic):
+    devices: list[RolloutDevicePublic]
+
+
+# ------------------------------------------------------------------------------------------- tokens
+
+
+class TokenCreate(_In):
+    role: str
+    name: str | None = None
+
+
+class TokenCreated(BaseModel):
+    id: str
+    role: str
+    token: str

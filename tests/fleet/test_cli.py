@@ -1,0 +1,43 @@
+"""``edge-fleet`` command lines: token creation, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from fleet import auth
+from fleet.db.session import Database
+from tests.support.fleet_proc import BIN
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_token_create_prints_the_token_last_and_it_works(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    r = run("token", "create", "--role", "operator", "--db", db)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip().splitlines()[-1]
+    database = Database(db)
+    with database.session() as s:
+        assert auth.check_token(s, token).role == "operator"
+    database.dispose()
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    r = run("token", "create", "--role", "device", "--db", f"sqlite:///{tmp_path / 'f.db'}")
+    assert r.returncode == 1 and r.stderr.strip() == "edge-fleet: error: --role device needs --device-id"
+    r = run("serve", "--db", "nonsense://x", "--storage", str(tmp_path / "s"), "--listen", "127.0.0.1:0")
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and "database URL" in r.stderr
+    r = run(
+        "serve",
+        "--db",
+        f"sqlite:///{tmp_path / 'f.db'}",
+        "--storage",
+        "s3://bucket/x",
+        "--listen",
+        "127.0.0.1:0",
+    )
+    assert r.returncode == 1 and "S3 storage is not available" in r.stderr

@@ -1,0 +1,65 @@
+"""Rollout state lives in the database: a fleet process restarted mid-rollout finishes it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sdk.fleet_client import FleetClient
+from tests.support.bundles import make_bundle
+from tests.support.fleet_proc import BIN, run_fleet
+from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.sim_devices import SimulatedFleet
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.mqtt
+
+
+def test_rollout_survives_a_fleet_restart(tmp_path: Path, mosquitto: Mosquitto, signing_key) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    token = subprocess.run(
+        [str(BIN), "token", "create", "--role", "admin", "--db", db],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()[-1]
+    args = [
+        "serve",
+        "--db",
+        db,
+        "--broker",
+        mosquitto.url,
+        "--storage",
+        str(tmp_path / "store"),
+        "--trust-key",
+        str(tmp_path / "keys" / "signing.pub"),
+        "--controller-interval",
+        "0.2",
+    ]
+    port = free_port()
+    sim = SimulatedFleet(mosquitto.host, mosquitto.port, hold={"d2"})
+    try:
+        with run_fleet(tmp_path / "first", args, name="first", port=port) as fleet:
+            api = FleetClient(fleet.url, token)
+            for i in range(3):
+                api.register_device(f"d{i}", profile="x86-server")
+            bundle = api.upload_bundle(make_bundle(tmp_path / "b", signing_key))
+            rid = api.create_rollout(bundle["id"])["id"]
+            wait_until(lambda: api.rollout(rid)["counts"].get("succeeded") == 2, 20, "two devices done")
+            assert api.rollout(rid)["counts"].get("updating") == 1
+        # the fleet is down; the held device applies its update meanwhile and reports it (retained)
+        sim.release("d2")
+        with run_fleet(tmp_path / "second", args, name="second", port=port) as fleet:
+            api = FleetClient(fleet.url, token)
+            wait_until(
+                lambda: api.rollout(rid)["state"] == "succeeded",
+                20,
+                "the rollout to finish after the restart",
+            )
+            assert api.rollout(rid)["counts"] == {"succeeded": 3}
+            assert api.device("d2")["reported_revision"] == 1
+    finally:
+        sim.close()
