@@ -55,9 +55,12 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["Manifest", "bundle_filename"], "sdk.manifest"),
     **dict.fromkeys(["HardwareProfile", "available_profiles", "load_profile"], "sdk.profiles"),
     **dict.fromkeys(["parse_topic", "topic"], "sdk.topics"),
+    "AgentClient": "sdk.agent_client",
+    "FleetClient": "sdk.fleet_client",
 }
 
 if TYPE_CHECKING:
+    from sdk.agent_client import AgentClient
     from sdk.bundle import (
         VerifiedBundle,
         extract_bundle,
@@ -93,6 +96,7 @@ if TYPE_CHECKING:
         UnsafeMemberError,
         UntrustedSignerError,
     )
+    from sdk.fleet_client import FleetClient
     from sdk.manifest import Manifest, bundle_filename
     from sdk.profiles import HardwareProfile, available_profiles, load_profile
     from sdk.topics import parse_topic, topic
@@ -110,6 +114,7 @@ def __getattr__(name: str) -> _Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentClient",
     "AuthError",
     "BundleError",
     "BundleLayoutError",
@@ -119,6 +124,7 @@ __all__ = [
     "ConversionError",
     "DatatypeError",
     "EdgeError",
+    "FleetClient",
     "FleetError",
     "HardwareProfile",
     "InferenceError",
