@@ -158,7 +158,7 @@ _HELP = f"""usage: {PROG} MODEL --profile NAME|PATH [options]   convert a model 
        {PROG} inspect BUNDLE [--json]            print a bundle's manifest and verify it
        {PROG} distill ...                        train a smaller student from a teacher
 
-Run '{PROG} MODEL --help' style: '{PROG} --profile x --help' for all convert options.
+'{PROG} MODEL --help' lists every convert option.
 """
 
 

@@ -1,0 +1,170 @@
+"""Side-by-side: source fp32 vs plain ONNX Runtime dynamic int8 vs plain static QDQ vs edge-convert.
+
+Run: ``.venv/bin/python bench/convert.py [--minilm] [--budget SECONDS]``. Every model is built (and
+the CNN trained) here; all latencies of one model are measured in the same interleaved run, so
+the ratios are comparable even on a busy machine. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from converter.calibration import load_npz
+from converter.context import Options
+from converter.measure import compare_latency, fidelity, judged_as_classifier, outputs_over
+from converter.pipeline import ConvertRequest, convert
+from converter.quant_data import DatasetReader
+from converter.runtime import input_specs, make_session
+from sdk import keys
+from sdk.bundle import extract_bundle
+from tests.converter import minilm, models
+
+
+@dataclass
+class Case:
+    name: str
+    onnx: Path
+    calibration: Path
+    evaluation: Path
+
+
+def _cnn(d: Path) -> Case:
+    model, x, y = models.train_digits_cnn(epochs=2)
+    models.export(model, (torch.from_numpy(x[:1]),), d / "cnn.onnx", ["pixels"])
+    np.savez(d / "cnn_cal.npz", pixels=x[:200])
+    np.savez(d / "cnn_eval.npz", pixels=x[1400:], labels=y[1400:])
+    return Case("conv-bn-relu CNN (digits)", d / "cnn.onnx", d / "cnn_cal.npz", d / "cnn_eval.npz")
+
+
+def _encoder(d: Path) -> Case:
+    models.export(models.tiny_encoder(), (torch.randint(0, 1000, (1, 32)),), d / "enc.onnx", ["ids"])
+    rng = np.random.default_rng(0)
+    np.savez(d / "enc_cal.npz", ids=rng.integers(0, 1000, (100, 32)))
+    np.savez(d / "enc_eval.npz", ids=rng.integers(0, 1000, (100, 32)))
+    return Case("transformer encoder", d / "enc.onnx", d / "enc_cal.npz", d / "enc_eval.npz")
+
+
+def _mlp(d: Path) -> Case:
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(256, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, 10),
+    ).eval()
+    models.export(mlp, (torch.randn(1, 256),), d / "mlp.onnx", ["features"])
+    rng = np.random.default_rng(0)
+    np.savez(d / "mlp_cal.npz", features=rng.standard_normal((200, 256)).astype(np.float32))
+    np.savez(d / "mlp_eval.npz", features=rng.standard_normal((200, 256)).astype(np.float32))
+    return Case("MLP 256-1024-1024-10", d / "mlp.onnx", d / "mlp_cal.npz", d / "mlp_eval.npz")
+
+
+def _minilm(d: Path) -> Case:
+    module = minilm.factory()
+    data = minilm.token_data(1, 0)
+    models.export(module, tuple(torch.from_numpy(v) for v in data.values()), d / "minilm.onnx", list(data))
+    np.savez(d / "minilm_cal.npz", **minilm.token_data(64, 0))
+    np.savez(d / "minilm_eval.npz", **minilm.token_data(64, 1))
+    return Case("all-MiniLM-L6-v2", d / "minilm.onnx", d / "minilm_cal.npz", d / "minilm_eval.npz")
+
+
+def _timed(fn: Callable[[], Path]) -> tuple[Path, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+
+    session = make_session(case.onnx, 2)
+    cal = load_npz(case.calibration, input_specs(session), "calibration")
+    ev = load_npz(case.evaluation, input_specs(session), "eval")
+    variants: dict[str, tuple[Path, dict[str, str], float]] = {"source fp32": (case.onnx, {}, 0.0)}
+    p, t = _timed(lambda: (quantize_dynamic(str(case.onnx), str(d / "dyn.onnx")), d / "dyn.onnx")[1])
+    variants["ORT dynamic int8"] = (p, {}, t)
+    p, t = _timed(
+        lambda: (
+            quantize_static(
+                str(case.onnx), str(d / "qdq.onnx"), DatasetReader(cal), quant_format=QuantFormat.QDQ
+            ),
+            d / "qdq.onnx",
+        )[1]
+    )
+    variants["ORT static QDQ"] = (p, {}, t)
+    t0 = time.perf_counter()
+    result = convert(
+        ConvertRequest(
+            model=str(case.onnx),
+            profile="x86-server",
+            out_dir=d / "out",
+            evaluation=case.evaluation,
+            sign_key=str(key),
+            options=Options(calibration_path=case.calibration, budget_seconds=budget),
+        )
+    )
+    t = time.perf_counter() - t0
+    extract_bundle(result.bundle, d / "edgefleet")
+    variants["edgefleet"] = (
+        d / "edgefleet" / "model.onnx",
+        result.manifest.runtime_options.session_config,
+        t,
+    )
+    sessions = {k: make_session(path, 2, cfg) for k, (path, cfg, _) in variants.items()}
+    reference = outputs_over(sessions["source fp32"], ev)
+    classifier = judged_as_classifier(sessions["source fp32"], reference, ev)
+    latency = compare_latency(sessions, ev.first(), rounds=40)
+    rows = []
+    for k, (path, _, seconds) in variants.items():
+        fid = fidelity(reference, outputs_over(sessions[k], ev), classifier)
+        rows.append(
+            [
+                case.name,
+                k + (f" [{result.manifest.precision}]" if k == "edgefleet" else ""),
+                f"{path.stat().st_size / 1e6:.2f}",
+                f"{latency.quick(k):.3f}",
+                f"{latency.ratio(k, 'source fp32'):.2f}x",
+                f"{fid.argmax_agreement:.4f}" if fid.argmax_agreement is not None else "-",
+                f"{fid.cosine:.5f}",
+                f"{seconds:.1f}",
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minilm", action="store_true", help="include all-MiniLM-L6-v2 (slow)")
+    parser.add_argument("--budget", type=float, default=180.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    builders = [_cnn, _encoder, _mlp] + ([_minilm] if args.minilm else [])
+    header = ["model", "variant", "MB", "latency ms (p10)", "vs source", "argmax", "cosine", "convert s"]
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / "key"
+        keys.save_keypair(keys.generate_key(), key)
+        for build in builders:
+            d = Path(tmp) / build.__name__.strip("_")
+            d.mkdir()
+            rows += bench(build(d), d, key, args.budget)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

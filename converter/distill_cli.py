@@ -1,0 +1,53 @@
+"""``edge-convert distill``: train a smaller student from a teacher, then convert it like any model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from converter.distill import DistillConfig, distill
+from sdk.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see edge-convert distill --help)")
+
+
+def distill_main(argv: Sequence[str]) -> int:
+    p = _Parser(prog="edge-convert distill", description="Train a student model to imitate a teacher.")
+    p.add_argument(
+        "--teacher", required=True, help="teacher model: .onnx, TorchScript, .pt2 or package.module:factory"
+    )
+    p.add_argument(
+        "--student", required=True, help="package.module:factory returning the (smaller) student nn.Module"
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, help=".npz with one array per input (+ optional labels)"
+    )
+    p.add_argument(
+        "--output", type=Path, default=Path("student.onnx"), help="where to write the student (ONNX)"
+    )
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = p.parse_args(list(argv))
+    if args.epochs < 1 or args.temperature <= 0:
+        raise ConfigError("--epochs must be at least 1 and --temperature positive")
+    config = DistillConfig(epochs=args.epochs, temperature=args.temperature, learning_rate=args.learning_rate)
+    result = distill(args.teacher, args.student, args.data, args.output, config)
+    body = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
+    if args.json:
+        sys.stdout.write(json.dumps(body, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(
+            f"student: {result.student} ({result.student_parameters} parameters)\n"
+            f"held-out agreement with the teacher: argmax {result.argmax_agreement}, cosine {result.cosine:.4f}\n"
+            f"next: edge-convert {result.student} --profile PROFILE\n"
+        )
+    return 0

@@ -1,0 +1,146 @@
+"""The conversion pipeline as explicit steps.
+
+load → (profile passes: export → cleanup → prune → quantize search → validate) → reference and smoke
+→ manifest → signed bundle → report.html. Data (calibration and evaluation) is attached as soon as
+an ONNX model exists, since its inputs are what the data must match.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converter import calibration as cal
+from converter import package, report
+from converter.context import Options, PassContext
+from converter.loading import SourceModel, load_source
+from converter.model import ModelArtifact
+from converter.passes import resolve, tflite
+from converter.runtime import input_specs, make_session
+from converter.signing import signing_key
+from sdk import keys
+from sdk.bundle import verify_bundle
+from sdk.errors import ConfigError, ConversionError
+from sdk.manifest import Manifest
+from sdk.profiles import HardwareProfile, load_profile
+
+log = logging.getLogger("converter")
+
+#: int8 shrinks fp32 weights at most 4x: a source this far over the limit cannot fit.
+MAX_SHRINK = 4.0
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    model: str
+    profile: str
+    out_dir: Path = Path(".")
+    name: str | None = None
+    version: str = "1"
+    evaluation: Path | None = None
+    sign_key: str | None = None
+    options: Options = field(default_factory=Options)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    bundle: Path
+    manifest: Manifest
+    report: Path
+
+
+def convert(request: ConvertRequest) -> ConvertResult:
+    profile = load_profile(request.profile)
+    _refuse_unsupported(profile)
+    passes = [resolve(name) for name in profile.passes]
+    key = signing_key(request.sign_key)
+    with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
+        workdir = Path(tmp)
+        source = load_source(request.model, workdir)
+        if source.format == "tflite":
+            raise ConversionError(
+                f"{request.model}: TFLite models are not converted for {profile.runtime} profiles yet; give the"
+                " ONNX or PyTorch model"
+            )
+        ctx = PassContext(
+            profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs
+        )
+        model = source.artifact
+        for step in passes:
+            if model.is_onnx and ctx.source_onnx is None:
+                _attach_data(model, ctx, request)
+            log.info("pass %s", step.name)
+            model = step.run(model, ctx, step.configure(ctx))
+        if not model.is_onnx or ctx.source_onnx is None:
+            raise ConversionError(f"profile {profile.name} produced no ONNX model: does it list 'export'?")
+        if ctx.findings.metrics is None:
+            resolve("validate").run(model, ctx, resolve("validate").configure(ctx))
+        return _package(model, source, ctx, request, key)
+
+
+def _refuse_unsupported(profile: HardwareProfile) -> None:
+    if profile.runtime != "onnxruntime":
+        tflite.refuse(profile)
+
+
+def _attach_data(model: ModelArtifact, ctx: PassContext, request: ConvertRequest) -> None:
+    """Fix the latency/fidelity baseline and load the data the model's inputs ask for."""
+    assert model.onnx_path is not None
+    ctx.source_onnx = model.onnx_path
+    ctx.findings.source_size = model.onnx_path.stat().st_size
+    limit = ctx.profile.max_model_mb * 2**20
+    if ctx.findings.source_size > MAX_SHRINK * limit:
+        raise ConversionError(
+            f"the model is {ctx.findings.source_size / 2**20:.1f} MB; profile {ctx.profile.name}'s max_model_mb is"
+            f" {ctx.profile.max_model_mb:g} MB and int8 shrinks weights at most {MAX_SHRINK:g}x, so it cannot fit"
+        )
+    ctx.inputs = input_specs(make_session(model.onnx_path, ctx.threads))
+    q = ctx.profile.quantization
+    if request.evaluation is not None:  # checked first: a bad file fails before any warning
+        ctx.evaluation = cal.load_npz(request.evaluation, ctx.inputs, "eval")
+    if ctx.options.calibration_path is not None:
+        ctx.calibration = cal.load_npz(ctx.options.calibration_path, ctx.inputs, "calibration")
+    elif q.calibration_required:
+        raise ConfigError(
+            f"profile {ctx.profile.name} needs --calibration DATA.npz (full-integer quantization)"
+        )
+    else:
+        ctx.calibration = cal.synthetic(ctx.inputs, ctx.options.input_shapes)
+        log.warning(
+            "no --calibration data: quantization ranges and fidelity use %s; pass --calibration DATA.npz"
+            " with real inputs for trustworthy int8 ranges and numbers",
+            ctx.calibration.origin,
+        )
+    ctx.findings.calibration_origin = ctx.calibration.origin
+    ctx.findings.eval_origin = (ctx.evaluation or ctx.calibration).origin
+    ctx.record(
+        "data",
+        "calibration: " + ctx.calibration.origin,
+        "user data" if not ctx.calibration.synthetic else "no --calibration given: synthetic inputs",
+        eval=ctx.findings.eval_origin,
+    )
+
+
+def _package(
+    model: ModelArtifact,
+    source: SourceModel,
+    ctx: PassContext,
+    request: ConvertRequest,
+    key: keys.Ed25519PrivateKey,
+) -> ConvertResult:
+    bundle_request = package.BundleRequest(
+        name=request.name or _safe_name(source.stem), version=request.version, out_dir=request.out_dir
+    )
+    manifest = package.build_manifest(model, source, ctx, bundle_request)
+    bundle = package.write(model, manifest, key, request.out_dir)
+    signed = verify_bundle(bundle).manifest  # what a device will read, signer and file hashes included
+    report_path = report.write(request.out_dir / "report.html", signed, ctx.findings)
+    log.info("wrote %s and %s", bundle, report_path)
+    return ConvertResult(bundle, signed, report_path)
+
+
+def _safe_name(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).lstrip(".-_+")
+    return cleaned or "model"

@@ -1,0 +1,449 @@
+"""Selective quantization search: build candidates, measure each, keep the best that is good enough.
+
+Candidates, cheapest fallbacks first so the search always has something to keep when the budget
+runs out: fp32 (the cleaned graph), weight-only int8, static int8 QDQ on every op ONNX Runtime can
+run in int8, static int8 on Conv/MatMul/Gemm only, and dynamic int8 (MatMulInteger). While no
+candidate that meets the fidelity bar beats the source's latency, failing candidates back off, the
+closest to the bar first: per-node sensitivity (a one-pass ranking, refined by quantizing the
+suspects one at a time) picks nodes to keep in float, 1, 2, 4, ... of the worst, until the bar is
+met; the float-kept nodes' weights are then tried as int8-stored too. Survivors race each other and
+the source in interleaved calls; nothing slower than the source is accepted; among candidates that
+halve a model over 1 MB (if any do), the smallest of the fastest (within noise) wins. Every verdict
+is recorded with its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from converter import sensitivity as sens
+from converter.calibration import Dataset
+from converter.context import PassContext
+from converter.measure import (
+    Fidelity,
+    accuracy,
+    compare_latency,
+    fidelity,
+    judged_as_classifier,
+    outputs_over,
+)
+from converter.passes import int8_dynamic, int8_static, weight_only
+from converter.runtime import make_session
+from sdk.profiles import QuantizationSpec
+
+log = logging.getLogger(__name__)
+
+#: latency within this share of the source counts as "not slower" (interleaved medians still wobble
+#: by a few percent on a shared machine); candidates this close to the fastest count as equally fast.
+NOISE = 0.05
+
+
+EVAL_SAMPLES = 512
+#: rebuild a candidate with some nodes kept in float / with only one node quantized.
+Maker = Callable[[tuple[str, ...], Path], Path]
+OnlyMaker = Callable[[str, Path], Path]
+#: nodes the one-pass ranking hands to the slower one-node-at-a-time refinement.
+MAX_SUSPECTS = 24
+#: a quick race stops the back-off only on a clear win (it has few rounds, so it is noisier).
+CLEAR_WIN = 0.15
+#: models above this size should come out at most half as big (when a candidate manages it).
+SIZE_GOAL_MIN_BYTES = 1_000_000
+#: seconds of calls per model in the final race (more for a re-run when it looked noisy).
+RACE_SECONDS = 1.5
+#: a candidate this far from the bar is not worth backing off node by node.
+HOPELESS = 0.9
+#: share of the remaining budget one refinement may use.
+REFINE_SHARE = 0.25
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path
+    precision: str
+    description: str
+    session_config: dict[str, str] = field(default_factory=dict)
+    excluded: tuple[str, ...] = ()
+    fidelity: Fidelity | None = None
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
+    verdict: str = "not measured"
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def row(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "precision": self.precision,
+            "size_bytes": self.size_bytes,
+            "latency_ms": self.latency_ms,
+            "latency_ratio": self.latency_ratio,
+            "fidelity": self.fidelity.as_dict() if self.fidelity else None,
+            "accuracy": self.accuracy,
+            "excluded_nodes": list(self.excluded),
+            "verdict": self.verdict,
+        }
+
+
+class Judge:
+    """Fidelity and accuracy of candidates against the float model they were made from."""
+
+    @classmethod
+    def for_context(cls, ctx: PassContext, base: Path) -> Judge:
+        """Judged on the eval data (else the calibration data), at the profile's bar."""
+        assert ctx.calibration is not None
+        data = (ctx.evaluation or ctx.calibration).take(EVAL_SAMPLES)
+        return cls(base, data, ctx.profile.quantization, ctx.options.max_accuracy_drop, ctx.threads)
+
+    def __init__(
+        self, base: Path, data: Dataset, bar: QuantizationSpec, max_drop: float, threads: int
+    ) -> None:
+        self.data, self.bar, self.max_drop, self.threads = data, bar, max_drop, threads
+        session = make_session(base, threads)
+        self.reference = outputs_over(session, data)
+        self.classifier = judged_as_classifier(session, self.reference, data)
+        self.base_accuracy = accuracy(self.reference, data.labels) if data.labels is not None else None
+
+    def check(self, cand: Candidate) -> bool:
+        outs = outputs_over(make_session(cand.path, self.threads, cand.session_config), self.data)
+        cand.fidelity = fidelity(self.reference, outs, self.classifier)
+        if self.data.labels is not None:
+            cand.accuracy = accuracy(outs, self.data.labels)
+        if not cand.fidelity.meets(self.bar):
+            cand.verdict = f"rejected: {cand.fidelity.shortfall(self.bar)}"
+            return False
+        if self.base_accuracy is not None and cand.accuracy is not None:
+            drop = self.base_accuracy - cand.accuracy
+            if drop > self.max_drop:
+                cand.verdict = f"rejected: accuracy drop {drop:.4f} > {self.max_drop}"
+                return False
+        cand.verdict = "fidelity ok"
+        return True
+
+
+@dataclass
+class SearchResult:
+    chosen: Candidate
+    candidates: list[Candidate]
+    #: candidate name -> its per-node sensitivity, for the candidates that were ranked.
+    sensitivity: dict[str, sens.Sensitivity]
+
+
+class Search:
+    def __init__(self, ctx: PassContext, base: Path, source: Path, gate_latency: bool = True) -> None:
+        assert ctx.calibration is not None
+        self.ctx, self.base, self.source, self.gate_latency = ctx, base, source, gate_latency
+        self.judge = Judge.for_context(ctx, base)
+        self.data = self.judge.data
+        self.candidates: list[Candidate] = []
+        self.rankings: dict[str, sens.Sensitivity] = {}
+        self.static_config = replace(int8_static.configure(ctx), op_types=None)
+        #: candidate name -> how to rebuild it with some nodes kept in float (for the back-off).
+        self.makers: dict[str, tuple[Maker, OnlyMaker, tuple[str, ...] | None]] = {}
+
+    # ------------------------------------------------------------------ candidate makers
+    def _add(self, cand: Candidate) -> bool:
+        self.candidates.append(cand)
+        ok = self.judge.check(cand)
+        log.info("candidate %s: %s", cand.name, cand.verdict)
+        return ok
+
+    def budget_ok(self, what: str) -> bool:
+        if self.ctx.seconds_left() > 0:
+            return True
+        self.ctx.record("search", f"skipped {what}", "the --budget is used up; keeping the best found so far")
+        return False
+
+    def fp32(self) -> None:
+        self._add(Candidate("fp32", self.base, "fp32", "cleaned fp32 graph"))
+
+    def weight_only(self) -> None:
+        """Weight-only int8; when it misses the bar, the worst-quantizing tensors stay fp32 (1, 2, 4, 8)."""
+        skip: tuple[str, ...] = ()
+        worst = weight_only.worst_tensors(self.base, weight_only.Config())
+        for k in (0, 1, 2, 4, 8):
+            if k > len(worst) or (k and not self.budget_ok("weight-only back-off")):
+                return
+            skip = tuple(worst[:k])
+            config = weight_only.Config(skip_initializers=skip)
+            result = weight_only.quantize(self.base, self.ctx.path(f"cand-weight-only-{k}.onnx"), config)
+            if not result.count:
+                return
+            cand = Candidate(
+                "weight-only-int8" + (f"-fp32x{k}" if k else ""),
+                result.path,
+                "int8-weights",
+                f"{result.count} weight tensors int8 (DequantizeLinear / row-gathered embeddings), fp32 compute"
+                + (f"; {k} worst-quantizing tensors kept fp32" if k else ""),
+                dict(weight_only.SESSION_CONFIG) if result.needs_fold else {},
+            )
+            if self._add(cand):
+                return
+
+    def static(self, name: str, config: int8_static.Config, description: str) -> Candidate:
+        cache = self.ctx.path(f"calib-{name}.json")
+        out = int8_static.quantize(
+            self.base, self.ctx.path(f"cand-{name}.onnx"), self.ctx.calibration, config, cache
+        )
+        cand = Candidate(name, out, "int8", description)
+        self._add(cand)
+        self.makers[name] = (
+            lambda excl, path: int8_static.quantize(
+                self.base, path, self.ctx.calibration, replace(config, nodes_to_exclude=excl), cache
+            ),
+            lambda node, path: int8_static.quantize(
+                self.base, path, self.ctx.calibration, replace(config, nodes_to_quantize=(node,)), cache
+            ),
+            config.op_types,
+        )
+        return cand
+
+    def dynamic(self) -> Candidate:
+        config = int8_dynamic.configure(self.ctx)
+        out = int8_dynamic.quantize(self.base, self.ctx.path("cand-dynamic.onnx"), config)
+        cand = Candidate(
+            "dynamic-int8", out, "int8", "dynamic int8 (MatMul/Gemm/Gather weights, runtime activations)"
+        )
+        self._add(cand)
+        self.makers[cand.name] = (
+            lambda excl, path: int8_dynamic.quantize(self.base, path, replace(config, nodes_to_exclude=excl)),
+            lambda node, path: int8_dynamic.quantize(
+                self.base, path, replace(config, nodes_to_quantize=(node,))
+            ),
+            config.op_types,
+        )
+        return cand
+
+    def back_off(self, failed: Candidate) -> Candidate | None:
+        """Keep the most sensitive nodes in float, 1, 2, 4, ... of them, until fidelity is met."""
+        make, only, op_types = self.makers[failed.name]
+        ranking = self.ranking(failed)
+        everyone = sens.worst_first(ranking, op_types)
+        suspects = everyone[:MAX_SUSPECTS]
+        refined = sens.refine(
+            suspects,
+            self.base,
+            self.data,
+            self.ctx.threads,
+            self.judge.classifier,
+            only,
+            self.ctx.workdir,
+            REFINE_SHARE * max(self.ctx.seconds_left(), 0.0),
+        )
+        self.ctx.record(
+            "sensitivity",
+            f"{failed.name}: refined {len(suspects)} suspects",
+            refined.metric,
+            worst=sens.loss_summary(refined),
+        )
+        # measured suspects by measured loss, then the rest in one-pass order; at most half the nodes.
+        quantized = sum(1 for n in ranking.loss if op_types is None or ranking.op_types.get(n) in op_types)
+        worst = (refined.ranked() + everyone[MAX_SUSPECTS:])[: max(1, quantized // 2)]
+        steps = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < len(worst)] + ([len(worst)] if worst else [])
+        for k in steps:
+            if not self.budget_ok(f"back-off of {failed.name}"):
+                break
+            excluded = tuple(worst[:k])
+            out = make(excluded, self.ctx.path(f"cand-{failed.name}-x{k}.onnx"))
+            cand = Candidate(
+                f"{failed.name}-float{k}",
+                out,
+                failed.precision,
+                f"{failed.description}, {k} most sensitive nodes kept in float",
+                dict(failed.session_config),
+                excluded,
+            )
+            if self._add(cand):
+                self.ctx.record(
+                    "search",
+                    f"{cand.name}: keeps {k} nodes in float",
+                    f"{failed.name} missed the bar ({failed.verdict}); per-node sensitivity named them",
+                    nodes=list(excluded),
+                    fidelity=cand.fidelity.as_dict() if cand.fidelity else None,
+                )
+                return cand
+        return None
+
+    def ranking(self, cand: Candidate) -> sens.Sensitivity:
+        """Per-node sensitivity of one quantized candidate (measured once, kept for the report)."""
+        if cand.name not in self.rankings:
+            log.info("per-node sensitivity of %s", cand.name)
+            found = sens.measure(self.base, cand.path, self.ctx.workdir, self.data, self.ctx.threads)
+            self.rankings[cand.name] = found
+            self.ctx.record(
+                "sensitivity",
+                f"{cand.name}: ranked {len(found.loss)} nodes",
+                found.metric,
+                worst=sens.loss_summary(found),
+            )
+        return self.rankings[cand.name]
+
+    def combined(self, partial: Candidate) -> None:
+        """A backed-off candidate whose float-kept weights are stored as int8 too.
+
+        Two variants race: all such weights, and only embedding tables (Gather, int8 per row),
+        which are usually most of the bytes and least of the error. Dynamic int8 runs MatMulInteger, which
+        ``session.disable_quant_qdq`` leaves alone, so with it ONNX Runtime folds the extra
+        DequantizeLinear nodes at load time; static QDQ needs its QDQ fusions, so there the extra
+        DequantizeLinear nodes run per call — measured like everything else.
+        """
+        folding_ok = partial.name.startswith("dynamic")
+        variants = [
+            ("weights", weight_only.Config()),
+            ("embeddings", weight_only.Config(op_types=("Gather",))),
+        ]
+        for label, config in variants:
+            result = weight_only.quantize(
+                partial.path, self.ctx.path(f"cand-{partial.name}-{label}.onnx"), config
+            )
+            if not result.count or not self.budget_ok(f"{partial.name} + int8 {label}"):
+                continue
+            cand = Candidate(
+                f"{partial.name}+{label}",
+                result.path,
+                "int8",
+                f"{partial.description}; their {label} int8-stored",
+                dict(weight_only.SESSION_CONFIG) if result.needs_fold and folding_ok else {},
+                partial.excluded,
+            )
+            self._add(cand)
+
+    # ------------------------------------------------------------------ the race
+    def faster_one_found(self, passing: list[Candidate]) -> bool:
+        """A quick race (fewer rounds than the final one): does any of these beat the source?"""
+        if not passing or not self.gate_latency:
+            return bool(passing)
+        sessions = {"source": make_session(self.source, self.ctx.threads)}
+        sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
+        latency = compare_latency(sessions, self.data.first(), rounds=10)
+        return any(latency.ratio(c.name, "source") < 1 - CLEAR_WIN for c in passing)
+
+    def race(self) -> Candidate:
+        passing = [c for c in self.candidates if c.verdict == "fidelity ok"]
+        sessions = {"source": make_session(self.source, self.ctx.threads)}
+        sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
+        log.info("measuring host latency of %d candidates against the source", len(passing))
+        latency = compare_latency(sessions, self.data.first(), seconds_per_model=RACE_SECONDS)
+        fp32 = next((c for c in passing if c.name == "fp32"), None)
+        if fp32 is not None and latency.ratio("fp32", "source") > 1 + NOISE:
+            # the cleaned fp32 graph cannot really be slower than its source: the host was busy.
+            log.info(
+                "latency looked noisy (fp32 at %.2fx the source); measuring again",
+                latency.ratio("fp32", "source"),
+            )
+            latency = compare_latency(
+                sessions, self.data.first(), rounds=60, seconds_per_model=2 * RACE_SECONDS
+            )
+        for c in passing:
+            c.latency_ms = latency.median(c.name)
+            c.latency_ratio = latency.ratio(c.name, "source")
+            if self.gate_latency and c.latency_ratio > 1 + NOISE:
+                c.verdict = f"rejected: {c.latency_ratio:.2f}x the source's latency"
+            else:
+                c.verdict = "eligible"
+        eligible = [c for c in passing if c.verdict == "eligible"]
+        if not eligible:  # only possible when fp32 itself is slower than the source beyond noise
+            eligible = [min(passing, key=lambda c: c.latency_ratio or 1e9)]
+        # a fleet downloads every update: models over 1 MB should at least halve, if any candidate can.
+        source_size = self.source.stat().st_size
+        halved = [
+            c for c in eligible if source_size <= SIZE_GOAL_MIN_BYTES or c.size_bytes <= source_size / 2
+        ]
+        pool = halved or eligible
+        fastest = min(c.latency_ratio or 1.0 for c in pool)
+        close = [c for c in pool if (c.latency_ratio or 1.0) <= fastest + NOISE]
+        chosen = min(close, key=lambda c: (c.size_bytes, c.latency_ratio or 1.0))
+        chosen.verdict = "chosen"
+        self.source_latency_ms = latency.median("source")
+        return chosen
+
+
+def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = True) -> SearchResult:
+    """The int8-selective search over the candidates the profile's scheme allows."""
+    scheme = ctx.profile.quantization.scheme
+    s = Search(ctx, base, source, gate_latency)
+    s.fp32()
+    s.weight_only()
+    # plain int8-compute candidates first: on many models one of them already meets the bar.
+    plain: list[Candidate] = []
+    if scheme in ("int8-selective", "int8-static") and s.budget_ok("static int8"):
+        plain.append(
+            s.static(
+                "static-int8",
+                s.static_config,
+                "static int8 QDQ on every int8-capable op, per-channel weights",
+            )
+        )
+        if scheme == "int8-selective" and s.budget_ok("static int8 on Conv/MatMul/Gemm"):
+            arith = replace(s.static_config, op_types=int8_static.INT8_ARITHMETIC_OPS)
+            plain.append(s.static("static-int8-arith", arith, "static int8 QDQ on Conv/MatMul/Gemm only"))
+    if (
+        scheme in ("int8-selective", "int8-dynamic")
+        and _has_weighted_matmul(base)
+        and s.budget_ok("dynamic int8")
+    ):
+        plain.append(s.dynamic())
+    # back off (sensitive nodes in float) while no int8-compute candidate that passed is faster than
+    # the source; the candidate closest to the bar first, where a few float nodes can fix it.
+    backed: list[Candidate] = []
+    for cand in sorted(plain, key=_score, reverse=True):
+        if cand.verdict == "fidelity ok":
+            continue
+        if s.faster_one_found([c for c in plain + backed if c.verdict == "fidelity ok"]):
+            break
+        if _score(cand) < HOPELESS:
+            ctx.record("search", f"no back-off for {cand.name}", f"{cand.verdict}: too far below the bar")
+            continue
+        found = s.back_off(cand) if s.budget_ok(f"back-off of {cand.name}") else None
+        backed += [found] if found else []
+    for cand in backed:
+        s.combined(cand)
+    chosen = s.race()
+    for c in s.candidates:
+        ctx.record(
+            "quantize-candidate",
+            f"{c.name}: {c.verdict}",
+            c.description,
+            size_bytes=c.size_bytes,
+            latency_ms=_round(c.latency_ms),
+            latency_vs_source=_round(c.latency_ratio),
+            fidelity=c.fidelity.as_dict() if c.fidelity else None,
+            accuracy=c.accuracy,
+        )
+    ctx.findings.candidates = [c.row() for c in s.candidates]
+    shown = next((c for c in s.candidates if c.name in ("static-int8", "dynamic-int8")), None)
+    if shown is not None and s.budget_ok("sensitivity chart"):
+        ranking = s.ranking(shown)
+        ctx.findings.sensitivity = dict(ranking.loss)
+        ctx.findings.sensitivity_metric = f"{shown.name}: {ranking.metric}"
+    return SearchResult(chosen, s.candidates, s.rankings)
+
+
+def _score(cand: Candidate) -> float:
+    """How close a candidate came: argmax agreement for classifiers, else cosine."""
+    if cand.fidelity is None:
+        return -1.0
+    return (
+        cand.fidelity.argmax_agreement if cand.fidelity.argmax_agreement is not None else cand.fidelity.cosine
+    )
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def _has_weighted_matmul(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return any(
+        n.op_type in ("MatMul", "Gemm", "Gather") and any(i in inits for i in n.input) for n in graph.node
+    )

@@ -1,0 +1,133 @@
+"""Real models built and trained inside the tests: no weights are downloaded."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+
+def digits_data() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits, upsampled to 32x32 so the convolutions do real work."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    return np.kron(x, np.ones((1, 1, 4, 4), dtype=np.float32)), d.target.astype(np.int64)
+
+
+class DigitsCNN(nn.Module):
+    """Conv-BN-ReLU blocks and a small classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def train_digits_cnn(epochs: int = 3, seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    torch.manual_seed(seed)
+    x, y = digits_data()
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    xt, yt = torch.from_numpy(x[:1400]), torch.from_numpy(y[:1400])
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval(), x, y
+
+
+class TinyEncoder(nn.Module):
+    """A transformer encoder over token ids with a mean-pooled embedding output."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 256, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 4, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embed(ids)).mean(dim=1)
+
+
+def tiny_encoder(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return TinyEncoder().eval()
+
+
+def export(
+    model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, names: list[str], opset: int = 17
+) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+def tiny_mlp(path: Path, hidden: int = 64) -> Path:
+    """x[N, 16] -> Gemm -> Relu -> Gemm -> logits[N, 4], random weights, built without torch."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((hidden, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, hidden)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Gemm", ["r", "w2"], ["logits"], name="fc2", transB=1),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path
+
+
+def small_cnn() -> nn.Module:
+    """``package.module:factory`` target for tests: a seeded, untrained small CNN."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+    ).eval()
+
+
+def digits_student() -> nn.Module:
+    """A small MLP student for the digits CNN (``package.module:factory`` for distill tests)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
