@@ -11,13 +11,21 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
-import threading
+import os  # noqa: F401 - transitional, see below
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdk.errors import ModelStoreError
+from sdk.fsio import (
+    fsync_dir,  # noqa: F401 - transitional, see below
+    write_atomic,
+)
+from sdk.transitions import transition
+
+# Transitional: agent/store.py imports ``fsync_dir`` from this module and tests/agent/test_store.py
+# patches ``agent.update.os.replace``; both files belong to another helper. Drop the two imports
+# marked above once they use sdk.fsio directly.
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +97,7 @@ class UpdateRecord:
 
 
 def next_state(state: State, event: Event) -> State:
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise ModelStoreError(
-            f"update event {event.value!r} is not allowed in state {state.value!r}"
-        ) from None
+    return transition(TRANSITIONS, state, event, machine="update", error=ModelStoreError)
 
 
 class UpdateJournal:
@@ -175,24 +178,3 @@ class UpdateJournal:
         data = asdict(self.record)
         data["state"] = self.record.state.value
         write_atomic(self.path, json.dumps(data, indent=1).encode("utf-8"))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the folder: readers see the old bytes or the new, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)

@@ -11,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet.db.models import Bundle
+from fleet.db.session import get_existing
 from fleet.storage import LocalStorage
 from sdk import keys
 from sdk.bundle import file_sha256, verify_bundle
-from sdk.errors import ConflictError, NotFoundError, UntrustedSignerError
+from sdk.errors import ConflictError, UntrustedSignerError
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,7 @@ def store_upload(
 
 
 def get(session: Session, bundle_id: str) -> Bundle:
-    bundle = session.get(Bundle, bundle_id)
-    if bundle is None:
-        raise NotFoundError(f"no bundle {bundle_id}")
-    return bundle
+    return get_existing(session, Bundle, bundle_id, "bundle")
 
 
 def list_bundles(session: Session) -> list[Bundle]:

@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from fleet import auth
 from fleet.db.models import Device, EventRecord, TelemetrySample
+from fleet.db.session import get_existing
 from fleet.schemas import DeviceCreate, DeviceHealth, DeviceUpdate
 from fleet.settings import FleetSettings
 from sdk.credentials import DeviceCredentials
-from sdk.errors import ConflictError, NotFoundError
+from sdk.errors import ConflictError
 
 
 class BrokerAccounts(Protocol):
@@ -66,10 +67,7 @@ def register(
 
 
 def get(session: Session, device_id: str) -> Device:
-    device = session.get(Device, device_id)
-    if device is None:
-        raise NotFoundError(f"no device {device_id}")
-    return device
+    return get_existing(session, Device, device_id, "device")
 
 
 def list_devices(

@@ -95,7 +95,7 @@ def main() -> int:
         converted = subprocess.run(
             [
                 BIN / "edge-convert", files["model"], "--profile", "x86-server", "--name", "digits",
-                "--version", "1.0.0", "--input", "image:1,1,8,8",
+                "--version", "1.0.0", "--input", "image:1,1,32,32",
                 "--calibration", files["calibration"], "--eval", files["eval"],
                 "--sign-key", key, "--output", OUT / "bundles", "--json",
             ],

@@ -37,6 +37,7 @@ from sdk.errors import (
     UnsafeMemberError,
     UntrustedSignerError,
 )
+from sdk.fsio import atomic_writer, fsync_dir
 from sdk.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, Signer
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,6 @@ def check_member_name(name: str) -> str:
 # --------------------------------------------------------------------------------------- writing
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -147,26 +140,19 @@ def write_bundle(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / manifest.filename
-    tmp = out_dir / f".{manifest.filename}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            with (
-                gzip.GzipFile(fileobj=f, mode="wb", mtime=0, compresslevel=compresslevel) as gz,
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar,
-            ):
-                tar.addfile(_tarinfo(MANIFEST_NAME, len(raw)), io.BytesIO(raw))
-                tar.addfile(_tarinfo(SIGNATURE_NAME, len(signature)), io.BytesIO(signature))
-                for name in sorted(files):
-                    with open(files[name], "rb") as src:
-                        tar.addfile(_tarinfo(name, entries[name].size), src)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        _fsync_dir(out_dir)
+        with (
+            atomic_writer(out) as f,
+            gzip.GzipFile(fileobj=f, mode="wb", mtime=0, compresslevel=compresslevel) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            tar.addfile(_tarinfo(MANIFEST_NAME, len(raw)), io.BytesIO(raw))
+            tar.addfile(_tarinfo(SIGNATURE_NAME, len(signature)), io.BytesIO(signature))
+            for name in sorted(files):
+                with open(files[name], "rb") as src:
+                    tar.addfile(_tarinfo(name, entries[name].size), src)
     except OSError as exc:
         raise BundleError(f"cannot write bundle {out}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d bytes)", out, out.stat().st_size)
     return out
 
@@ -426,7 +412,7 @@ def extract_bundle(
             f.write(result.manifest_bytes)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, validation_summary
+from sdk.fsio import write_atomic
 
 
 class DeviceCredentials(BaseModel):
@@ -33,13 +33,7 @@ class DeviceCredentials(BaseModel):
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.model_dump_json(indent=1, exclude_none=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, self.model_dump_json(indent=1, exclude_none=True).encode("utf-8"), mode=0o600)
         return path
 
     @classmethod
@@ -49,5 +43,7 @@ class DeviceCredentials(BaseModel):
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except OSError as exc:
             raise ConfigError(f"cannot read credentials {path}: {exc.strerror or exc}") from None
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            raise ConfigError(f"{path} is not a valid credentials file: {validation_summary(exc)}") from None
+        except ValueError as exc:
             raise ConfigError(f"{path} is not a valid credentials file: {exc}") from None

@@ -32,9 +32,17 @@ never need to know which library failed.
         ├── NotFoundError            the resource does not exist
         ├── AuthError                missing, wrong or insufficient token
         └── ConflictError            the request conflicts with the current state
+
+pydantic's ``ValidationError`` (a manifest, a profile, a message, a credentials file) becomes one
+line through :func:`validation_summary`, so each reader words only what was invalid, not how.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this module stays importable without pydantic (see sdk/__init__.py)
+    from pydantic import ValidationError
 
 
 class EdgeError(Exception):
@@ -152,3 +160,14 @@ class ConflictError(FleetError):
     """The request conflicts with the current state."""
 
     http_status = 409
+
+
+def validation_summary(exc: ValidationError, *, most: int = 3) -> str:
+    """One line for a pydantic error: ``where: what`` for the first ``most`` problems, then a count."""
+    problems = [
+        f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+    ]
+    line = "; ".join(problems[:most])
+    if len(problems) > most:
+        line += f" (and {len(problems) - most} more problems)"
+    return line

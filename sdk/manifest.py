@@ -12,11 +12,10 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from sdk.datatypes import DATATYPES
-from sdk.errors import ManifestError
-from sdk.tensors import EncodedTensor
+from sdk.errors import ManifestError, validation_summary
+from sdk.tensors import DatatypeName, EncodedTensor
 
 SCHEMA_VERSION = 1
 MODEL_FILES = ("model.onnx", "model.tflite")
@@ -47,16 +46,9 @@ class _Model(BaseModel):
 
 class TensorSpec(_Model):
     name: str
-    datatype: str
+    datatype: DatatypeName
     #: -1 marks a dynamic dimension.
     shape: list[int]
-
-    @field_validator("datatype")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in DATATYPES:
-            raise ValueError(f"unknown datatype {v!r}")
-        return v
 
 
 class SourceInfo(_Model):
@@ -184,20 +176,11 @@ class Manifest(_Model):
     decisions: list[Decision] = Field(default_factory=list)
     signer: Signer | None = None
 
-    @field_validator("name")
+    @field_validator("name", "version", "profile")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name(v, "name")
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        return check_name(v, "version")
-
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, v: str) -> str:
-        return check_name(v, "profile")
+    def _file_name_part(cls, v: str, info: ValidationInfo) -> str:
+        # all three become part of the bundle's file name
+        return check_name(v, info.field_name or "name")
 
     @field_validator("schema_version")
     @classmethod
@@ -226,11 +209,6 @@ class Manifest(_Model):
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "manifest"
-            raise ManifestError(
-                f"manifest.json is invalid at {where}: {first['msg']}"
-                + (f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else "")
-            ) from None
+            raise ManifestError(f"manifest.json is invalid: {validation_summary(exc)}") from None
         except ValueError as exc:
             raise ManifestError(f"manifest.json is not valid JSON: {exc}") from None

@@ -11,7 +11,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sdk.errors import ProtocolError
+from sdk.errors import ProtocolError, validation_summary
 from sdk.manifest import check_name
 
 MESSAGE_SCHEMA = 1
@@ -45,9 +45,7 @@ def parse_message(cls: type[M], payload: bytes | str) -> M:
     try:
         return cls.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise ProtocolError(f"bad {cls.__name__} message at {where}: {first['msg']}") from None
+        raise ProtocolError(f"bad {cls.__name__} message: {validation_summary(exc)}") from None
 
 
 # ---------------------------------------------------------------------------------- desired state

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sdk.errors import ProfileError
+from sdk.errors import ProfileError, validation_summary
 from sdk.manifest import check_name
 
 PROFILES_ENV = "EDGEFLEET_PROFILES_DIR"
@@ -107,14 +107,6 @@ def profile_dirs() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        problems.append(f"{where}: {err['msg']}")
-    return f"{path}: invalid profile: " + "; ".join(problems)
-
-
 def load_profile_file(path: str | Path) -> HardwareProfile:
     path = Path(path)
     try:
@@ -128,7 +120,7 @@ def load_profile_file(path: str | Path) -> HardwareProfile:
     try:
         return HardwareProfile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(_format_error(path, exc)) from None
+        raise ProfileError(f"{path}: invalid profile: {validation_summary(exc)}") from None
 
 
 def available_profiles() -> dict[str, Path]:

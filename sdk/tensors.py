@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import base64
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sdk.datatypes import DATATYPES, array_from_wire, array_to_wire, from_numpy_dtype
+
+
+def _known_datatype(v: str) -> str:
+    if v not in DATATYPES:
+        raise ValueError(f"unknown datatype {v!r}")
+    return v
+
+
+#: An Open Inference Protocol datatype name (``FP32``, ``INT8``, ...), checked when a model is validated.
+DatatypeName = Annotated[str, AfterValidator(_known_datatype)]
 
 
 class EncodedTensor(BaseModel):
@@ -15,16 +26,9 @@ class EncodedTensor(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    datatype: str
+    datatype: DatatypeName
     shape: list[int] = Field(default_factory=list)
     data_b64: str
-
-    @field_validator("datatype")
-    @classmethod
-    def _known_datatype(cls, v: str) -> str:
-        if v not in DATATYPES:
-            raise ValueError(f"unknown datatype {v!r}")
-        return v
 
     @classmethod
     def from_numpy(cls, array: np.ndarray) -> EncodedTensor:

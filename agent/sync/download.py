@@ -17,9 +17,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from agent.update import fsync_dir
 from sdk.bundle import file_sha256
 from sdk.errors import AuthError, BundleTooLargeError, EdgeError, FleetError, IntegrityError, NotFoundError
+from sdk.fsio import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from agent.sync.states import State
-from agent.update import write_atomic
+from sdk.fsio import write_atomic
 from sdk.messages import DesiredState
 
 log = logging.getLogger(__name__)

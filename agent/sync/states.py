@@ -14,6 +14,7 @@ import enum
 
 from sdk.errors import EdgeError
 from sdk.messages import ModelStateName
+from sdk.transitions import transition
 
 
 class State(str, enum.Enum):
@@ -83,9 +84,4 @@ REPORTED_AS: dict[State, ModelStateName] = {
 
 
 def next_state(state: State, event: Event) -> State:
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransitionError(
-            f"event {event.value!r} is not allowed in state {state.value!r}"
-        ) from None
+    return transition(TRANSITIONS, state, event, machine="model", error=InvalidTransitionError)

@@ -6,19 +6,20 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, NotFoundError
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: PostgreSQL advisory lock key held while migrating ("edgefleet" in ASCII, truncated).
 MIGRATION_LOCK = 0x6564676566
+
+Row = TypeVar("Row")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -50,6 +51,10 @@ def make_engine(url: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration shipped in the package (run at every start)."""
+    # imported here: only start-up migrates, and every module that reads rows imports this file
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:
@@ -80,3 +85,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def get_existing(session: Session, model: type[Row], key: str, what: str, *, for_update: bool = False) -> Row:
+    """The row with primary key ``key``, or :class:`NotFoundError` ``no <what> <key>`` (a 404 at the API).
+
+    ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite ignores it).
+    """
+    row = session.get(model, key, with_for_update=for_update)
+    if row is None:
+        raise NotFoundError(f"no {what} {key}")
+    return row

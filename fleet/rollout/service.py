@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from fleet import bundles as bundle_store
 from fleet import devices as device_registry
 from fleet.db.models import Device, Rollout, RolloutDevice
+from fleet.db.session import get_existing
 from fleet.rollout import desired
 from fleet.rollout.states import (
     ACTIVE_DEVICE_STATES,
@@ -24,7 +25,7 @@ from fleet.rollout.states import (
     rollout_transition,
 )
 from fleet.schemas import RolloutCreate, Strategy
-from sdk.errors import ConfigError, ConflictError, NotFoundError
+from sdk.errors import ConfigError, ConflictError
 from sdk.messages import DesiredState
 
 Outbox = list[tuple[str, DesiredState]]
@@ -90,11 +91,8 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
     return rollout
 
 
-def get(session: Session, rollout_id: str) -> Rollout:
-    rollout = session.get(Rollout, rollout_id)
-    if rollout is None:
-        raise NotFoundError(f"no rollout {rollout_id}")
-    return rollout
+def get(session: Session, rollout_id: str, *, for_update: bool = False) -> Rollout:
+    return get_existing(session, Rollout, rollout_id, "rollout", for_update=for_update)
 
 
 def devices_of(session: Session, rollout_id: str) -> list[RolloutDevice]:
@@ -147,9 +145,7 @@ def rollback(session: Session, rollout: Rollout, reason: str, outbox: Outbox) ->
 
 def act(session: Session, rollout_id: str, event: RolloutEvent, outbox: Outbox, reason: str) -> Rollout:
     """An operator's pause, resume or rollback (the rollout row locked against a controller pass)."""
-    rollout = session.get(Rollout, rollout_id, with_for_update=True)
-    if rollout is None:
-        raise NotFoundError(f"no rollout {rollout_id}")
+    rollout = get(session, rollout_id, for_update=True)
     if event is RolloutEvent.ROLLBACK:
         rollback(session, rollout, reason, outbox)
         return rollout

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from sdk.errors import ConflictError
+from sdk.transitions import transition
 
 
 class DeviceState(str, Enum):
@@ -83,16 +84,9 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
 
 
 def device_transition(state: DeviceState | str, event: DeviceEvent) -> DeviceState:
-    state = DeviceState(state)
-    try:
-        return DEVICE_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise ConflictError(f"a device in state {state.value} cannot take event {event.value}") from None
+    # the database stores the state's value; the table is keyed by the enum
+    return transition(DEVICE_TRANSITIONS, DeviceState(state), event, machine="device", error=ConflictError)
 
 
 def rollout_transition(state: RolloutState | str, event: RolloutEvent) -> RolloutState:
-    state = RolloutState(state)
-    try:
-        return ROLLOUT_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise ConflictError(f"a {state.value} rollout cannot {event.value}") from None
+    return transition(ROLLOUT_TRANSITIONS, RolloutState(state), event, machine="rollout", error=ConflictError)

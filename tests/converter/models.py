@@ -11,54 +11,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-
-def digits_data() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits, upsampled to 32x32 so the convolutions do real work."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    return np.kron(x, np.ones((1, 1, 4, 4), dtype=np.float32)), d.target.astype(np.int64)
-
-
-class DigitsCNN(nn.Module):
-    """Conv-BN-ReLU blocks and a small classifier head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def train_digits_cnn(epochs: int = 3, seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray]:
-    torch.manual_seed(seed)
-    x, y = digits_data()
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    xt, yt = torch.from_numpy(x[:1400]), torch.from_numpy(y[:1400])
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval(), x, y
+# The digits CNN is the demo's model: one definition, in scripts/ because the demo must not need
+# the test tree; re-exported here for the converter tests and bench/convert.py.
+from scripts.demo_model import DigitsCNN as DigitsCNN
+from scripts.demo_model import train_digits_cnn as train_digits_cnn
 
 
 class TinyEncoder(nn.Module):

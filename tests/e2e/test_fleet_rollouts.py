@@ -10,7 +10,6 @@ leaves the others on the old version; a killed agent shows offline, restarts and
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from sdk.fleet_client import FleetClient
-from tests.support.agent_proc import Agent
+from tests.support.agent_proc import Agent, device_agent
 from tests.support.bundles import make_bundle
-from tests.support.fleet_proc import BIN as FLEET_BIN
-from tests.support.fleet_proc import run_fleet
-from tests.support.mosquitto import DYNSEC_PLUGIN, Mosquitto, free_port, run_mosquitto
+from tests.support.fleet_proc import admin_token, run_fleet, serve_args
+from tests.support.mosquitto import DYNSEC_PLUGIN, Mosquitto, run_mosquitto
 from tests.support.waiting import wait_until as wait
 
 pytestmark = pytest.mark.mqtt
@@ -42,67 +40,25 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def stack(tmp_path: Path, broker: Mosquitto, signing_key) -> Iterator[tuple[FleetClient, list[Agent], Path]]:  # type: ignore[no-untyped-def]
     pub = tmp_path / "keys" / "signing.pub"
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
-    token = (
-        subprocess.run(
-            [str(FLEET_BIN), "token", "create", "--role", "admin", "--db", db],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    args = [
-        "serve",
-        "--db",
+    token = admin_token(db)
+    args = serve_args(
+        tmp_path,
         db,
-        "--broker",
         broker.url,
         "--broker-accounts",
         "dynsec",
         "--broker-username",
         "edge-fleet",
-        "--storage",
-        str(tmp_path / "store"),
-        "--trust-key",
-        str(pub),
         "--mqtt-protocol",
         "5",
-        "--controller-interval",
-        "0.2",
-    ]
+    )
     with run_fleet(tmp_path / "fleet", args, env={"EDGEFLEET_BROKER_PASSWORD": "fleet-secret"}) as fleet:
         client = FleetClient(fleet.url, token)
         agents = []
         for i in range(3):
             device_id = f"edge-{i}"
             creds = client.register_device(device_id, labels={"site": "e2e"}, profile="x86-server")
-            cred_file = creds.save(tmp_path / device_id / "credentials.json")
-            port = free_port()
-            agent = Agent(
-                device_id,
-                [
-                    "--data-dir",
-                    str(tmp_path / device_id / "data"),
-                    "--trust-key",
-                    str(pub),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--fleet-url",
-                    fleet.url,
-                    "--broker",
-                    broker.url,
-                    "--device-id",
-                    device_id,
-                    "--credentials",
-                    str(cred_file),
-                    "--telemetry-interval",
-                    "1",
-                ],
-                port,
-                tmp_path / f"{device_id}.log",
-            )
+            agent = device_agent(creds, tmp_path, fleet_url=fleet.url, broker_url=broker.url, trust_key=pub)
             agent.start()
             agents.append(agent)
         try:

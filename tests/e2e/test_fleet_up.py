@@ -8,7 +8,7 @@ import pytest
 
 from sdk import keys
 from sdk.fleet_client import FleetClient
-from tests.support.agent_proc import Agent
+from tests.support.agent_proc import device_agent
 from tests.support.bundles import make_bundle
 from tests.support.fleet_proc import run_fleet
 from tests.support.mosquitto import free_port
@@ -34,31 +34,7 @@ def test_up_with_a_real_agent(tmp_path: Path, signing_key: keys.Ed25519PrivateKe
         client = FleetClient(fleet.url, token)
         creds = client.register_device("pi-1", profile="x86-server")
         assert creds.broker_url == f"mqtt://127.0.0.1:{mport}"
-        cred_file = creds.save(tmp_path / "pi-1" / "credentials.json")
-        port = free_port()
-        agent = Agent(
-            "pi-1",
-            [
-                "--data-dir",
-                str(tmp_path / "pi-1" / "data"),
-                "--trust-key",
-                str(pub),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--fleet-url",
-                fleet.url,
-                "--broker",
-                creds.broker_url,
-                "--device-id",
-                "pi-1",
-                "--credentials",
-                str(cred_file),
-                "--telemetry-interval",
-                "1",
-            ],
-            port,
-            tmp_path / "agent.log",
-        )
+        agent = device_agent(creds, tmp_path, fleet_url=fleet.url, broker_url=creds.broker_url, trust_key=pub)
         agent.start()
         try:
             wait_until(lambda: client.device("pi-1")["online"], 60, "the agent to come online")

@@ -14,7 +14,7 @@ from sdk.fleet_client import FleetClient
 from sdk.messages import DesiredState, ReportedModel, ReportedState, parse_message
 from sdk.topics import topic
 from tests.support.bundles import make_bundle
-from tests.support.fleet_proc import BIN, run_fleet
+from tests.support.fleet_proc import admin_token, run_fleet, serve_args
 from tests.support.mosquitto import DYNSEC_PLUGIN, run_mosquitto
 
 pytestmark = pytest.mark.mqtt
@@ -38,33 +38,12 @@ def connect(port: int, user: str, password: str) -> tuple[paho.Client, dict]:
 
 @pytest.mark.skipif(not os.path.exists(DYNSEC_PLUGIN), reason="no Mosquitto dynamic security plugin")
 def test_registration_creates_a_confined_broker_account(tmp_path: Path, signing_key) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-
     with run_mosquitto(tmp_path / "mq", dynsec_admin=("fleet-admin", "fleet-secret")) as broker:
         db = f"sqlite:///{tmp_path / 'fleet.db'}"
-        token = subprocess.run(
-            [str(BIN), "token", "create", "--role", "admin", "--db", db],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[-1]
-        args = [
-            "serve",
-            "--db",
-            db,
-            "--broker",
-            broker.url,
-            "--storage",
-            str(tmp_path / "store"),
-            "--trust-key",
-            str(tmp_path / "keys" / "signing.pub"),
-            "--broker-accounts",
-            "dynsec",
-            "--broker-username",
-            "fleet-admin",
-            "--controller-interval",
-            "0.2",
-        ]
+        token = admin_token(db)
+        args = serve_args(
+            tmp_path, db, broker.url, "--broker-accounts", "dynsec", "--broker-username", "fleet-admin"
+        )
         with run_fleet(tmp_path / "fleet", args, env={"EDGEFLEET_BROKER_PASSWORD": "fleet-secret"}) as fleet:
             api = FleetClient(fleet.url, token)
             a = api.register_device("dev-a")

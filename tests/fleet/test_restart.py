@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from sdk.fleet_client import FleetClient
 from tests.support.bundles import make_bundle
-from tests.support.fleet_proc import BIN, run_fleet
+from tests.support.fleet_proc import admin_token, run_fleet, serve_args
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.sim_devices import SimulatedFleet
 from tests.support.waiting import wait_until
@@ -19,26 +18,8 @@ pytestmark = pytest.mark.mqtt
 
 def test_rollout_survives_a_fleet_restart(tmp_path: Path, mosquitto: Mosquitto, signing_key) -> None:  # type: ignore[no-untyped-def]
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
-    token = subprocess.run(
-        [str(BIN), "token", "create", "--role", "admin", "--db", db],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.split()[-1]
-    args = [
-        "serve",
-        "--db",
-        db,
-        "--broker",
-        mosquitto.url,
-        "--storage",
-        str(tmp_path / "store"),
-        "--trust-key",
-        str(tmp_path / "keys" / "signing.pub"),
-        "--controller-interval",
-        "0.2",
-    ]
+    token = admin_token(db)
+    args = serve_args(tmp_path, db, mosquitto.url)
     port = free_port()
     sim = SimulatedFleet(mosquitto.host, mosquitto.port, hold={"d2"})
     try:

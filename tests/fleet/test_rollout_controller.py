@@ -52,6 +52,27 @@ def create(fleet: Fleet, bundle_id: str, **body: object) -> str:
     return r.json()["id"]
 
 
+def started(fleet: Fleet, devices: int, **body: object) -> tuple[str, RolloutController]:
+    """Devices d0, d1, ... and a rollout of bundle 2.0.0 to all of them, after the controller's first pass."""
+    for i in range(devices):
+        fleet.register(f"d{i}")
+    b = fleet.upload(version="2.0.0")
+    rid = create(fleet, b["id"], **body)
+    ctl = controller(fleet)
+    ctl.tick()
+    return rid, ctl
+
+
+def paused_by_a_failed_canary(fleet: Fleet, devices: int, error: str) -> tuple[str, RolloutController]:
+    """A one-canary rollout without auto roll back whose canary failed: the gate has paused it."""
+    rid, ctl = started(fleet, devices, strategy={"canary_count": 1}, gates={"auto_rollback": False})
+    canary = next(d for d, s in states(fleet, rid).items() if s == "updating")
+    report(fleet, canary, 1, "2.0.0", state="failed", error=error)
+    ctl.tick()
+    assert rollout(fleet, rid)["state"] == "paused"
+    return rid, ctl
+
+
 def test_plan_waves() -> None:
     assert plan_waves(10, Strategy(canary_count=1, waves=3)) == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert plan_waves(4, Strategy(canary_share=0.5)) == [0, 0, 1, 1]
@@ -142,12 +163,7 @@ def test_failing_canary_rolls_back_and_never_touches_the_others(fleet: Fleet) ->
 
 
 def test_error_rate_gate_during_bake_rolls_back_the_baked_devices(fleet: Fleet) -> None:
-    fleet.register("d0")
-    fleet.register("d1")
-    b = fleet.upload(version="2.0.0")
-    rid = create(fleet, b["id"], gates={"max_error_rate": 0.1, "min_requests": 10, "bake_s": 3600})
-    ctl = controller(fleet)
-    ctl.tick()
+    rid, ctl = started(fleet, 2, gates={"max_error_rate": 0.1, "min_requests": 10, "bake_s": 3600})
     report(fleet, "d0", 1, "2.0.0")
     report(fleet, "d1", 1, "2.0.0")
     ctl.tick()
@@ -175,12 +191,7 @@ def test_error_rate_gate_during_bake_rolls_back_the_baked_devices(fleet: Fleet) 
 
 
 def test_failure_share_gate_tolerates_one_of_four(fleet: Fleet) -> None:
-    for i in range(4):
-        fleet.register(f"d{i}")
-    b = fleet.upload(version="2.0.0")
-    rid = create(fleet, b["id"], gates={"max_failure_share": 0.25})
-    ctl = controller(fleet)
-    ctl.tick()
+    rid, ctl = started(fleet, 4, gates={"max_failure_share": 0.25})
     report(fleet, "d0", 1, None, state="failed", error="disk full")
     for i in (1, 2, 3):
         report(fleet, f"d{i}", 1, "2.0.0")
@@ -191,16 +202,7 @@ def test_failure_share_gate_tolerates_one_of_four(fleet: Fleet) -> None:
 
 
 def test_gate_pauses_without_auto_rollback_and_manual_resume_rollback(fleet: Fleet) -> None:
-    fleet.register("d0")
-    fleet.register("d1")
-    b = fleet.upload(version="2.0.0")
-    rid = create(fleet, b["id"], strategy={"canary_count": 1}, gates={"auto_rollback": False})
-    ctl = controller(fleet)
-    ctl.tick()
-    canary = next(d for d, s in states(fleet, rid).items() if s == "updating")
-    report(fleet, canary, 1, "2.0.0", state="failed", error="activate failed")
-    ctl.tick()
-    assert rollout(fleet, rid)["state"] == "paused"
+    rid, ctl = paused_by_a_failed_canary(fleet, 2, "activate failed")
     h = fleet.admin
     assert fleet.client.post(f"/api/v1/rollouts/{rid}/pause", headers=h).status_code == 409
     ctl.tick()
@@ -211,12 +213,7 @@ def test_gate_pauses_without_auto_rollback_and_manual_resume_rollback(fleet: Fle
 
 
 def test_manual_pause_stops_new_starts_and_resume_continues(fleet: Fleet) -> None:
-    for i in range(3):
-        fleet.register(f"d{i}")
-    b = fleet.upload(version="2.0.0")
-    rid = create(fleet, b["id"], strategy={"max_in_flight": 1})
-    ctl = controller(fleet)
-    ctl.tick()
+    rid, ctl = started(fleet, 3, strategy={"max_in_flight": 1})
     assert list(states(fleet, rid).values()).count("updating") == 1
     assert fleet.client.post(f"/api/v1/rollouts/{rid}/pause", headers=fleet.admin).json()["state"] == "paused"
     first = next(d for d, s in states(fleet, rid).items() if s == "updating")
@@ -228,7 +225,8 @@ def test_manual_pause_stops_new_starts_and_resume_continues(fleet: Fleet) -> Non
     ctl.tick()
     assert list(states(fleet, rid).values()).count("updating") == 1
     # a device in a running rollout cannot join another one
-    again = fleet.client.post("/api/v1/rollouts", json={"bundle_id": b["id"]}, headers=fleet.admin)
+    bundle_id = rollout(fleet, rid)["bundle_id"]
+    again = fleet.client.post("/api/v1/rollouts", json={"bundle_id": bundle_id}, headers=fleet.admin)
     assert again.status_code == 409
 
 
@@ -258,27 +256,14 @@ def test_offline_device_converges_when_it_returns(fleet: Fleet) -> None:
 
 
 def test_update_timeout_fails_a_silent_device(fleet: Fleet) -> None:
-    fleet.register("d0")
-    b = fleet.upload(version="2.0.0")
-    rid = create(fleet, b["id"], gates={"update_timeout_s": 5, "max_failure_share": 1.0})
-    ctl = controller(fleet)
-    ctl.tick()
+    rid, ctl = started(fleet, 1, gates={"update_timeout_s": 5, "max_failure_share": 1.0})
     ctl.tick(now=time.time() + 10)
     r = rollout(fleet, rid)
     assert r["devices"][0]["state"] == "failed" and "no report" in r["devices"][0]["error"]
 
 
 def test_resume_after_a_gate_pause_accepts_the_failures_so_far(fleet: Fleet) -> None:
-    for i in range(3):
-        fleet.register(f"d{i}")
-    b = fleet.upload(version="2.0.0")
-    rid = create(fleet, b["id"], strategy={"canary_count": 1}, gates={"auto_rollback": False})
-    ctl = controller(fleet)
-    ctl.tick()
-    canary = next(d for d, s in states(fleet, rid).items() if s == "updating")
-    report(fleet, canary, 1, "2.0.0", state="failed", error="flaky sensor")
-    ctl.tick()
-    assert rollout(fleet, rid)["state"] == "paused"
+    rid, ctl = paused_by_a_failed_canary(fleet, 3, "flaky sensor")
     fleet.client.post(f"/api/v1/rollouts/{rid}/resume", headers=fleet.admin)
     ctl.tick()
     assert rollout(fleet, rid)["state"] == "running"

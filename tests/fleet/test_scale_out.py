@@ -7,7 +7,6 @@ and run one rollout controller at a time (a database lease that the survivor tak
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from sdk.fleet_client import FleetClient
 from tests.support.bundles import make_bundle
-from tests.support.fleet_proc import BIN, run_fleet
+from tests.support.fleet_proc import admin_token, run_fleet, serve_args
 from tests.support.mosquitto import Mosquitto
 from tests.support.postgres import temporary_database
 from tests.support.sim_devices import SimulatedFleet
@@ -35,30 +34,8 @@ def test_two_replicas_share_telemetry_and_one_controller(
     tmp_path: Path, mosquitto: Mosquitto, signing_key
 ) -> None:  # type: ignore[no-untyped-def]
     with temporary_database() as db:
-        token = subprocess.run(
-            [str(BIN), "token", "create", "--role", "admin", "--db", db],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.split()[-1]
-        args = [
-            "serve",
-            "--db",
-            db,
-            "--broker",
-            mosquitto.url,
-            "--storage",
-            str(tmp_path / "store"),
-            "--trust-key",
-            str(tmp_path / "keys" / "signing.pub"),
-            "--mqtt-protocol",
-            "5",
-            "--share-group",
-            "edgefleet",
-            "--controller-interval",
-            "0.2",
-        ]
+        token = admin_token(db)
+        args = serve_args(tmp_path, db, mosquitto.url, "--mqtt-protocol", "5", "--share-group", "edgefleet")
         env = {"EDGEFLEET_CONTROLLER_LEASE_S": "2"}
         with (
             run_fleet(tmp_path / "a", args, name="a", env=env) as a,

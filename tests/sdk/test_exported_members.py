@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 
 import sdk
@@ -51,6 +52,19 @@ def test_lazy_names_cover_all_and_resolve():
     assert set(sdk._LAZY) | {"__version__"} == set(sdk.__all__)
     for name, module in sdk._LAZY.items():
         assert getattr(sdk, name).__module__ == module
+
+
+def test_type_checking_imports_name_what_the_lazy_map_names():
+    # The imports under TYPE_CHECKING never run, so only the source can show whether they agree.
+    tree = ast.parse(inspect.getsource(sdk))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    imported = {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == sdk._LAZY
 
 
 def test_importing_sdk_is_cheap():

@@ -80,6 +80,17 @@ def test_broken_profile_names_file_and_field(tmp_path: Path, change, field: str)
     assert field in message
 
 
+def test_many_problems_are_one_line_naming_the_first_few_and_counting_the_rest(tmp_path: Path):
+    data = yaml.safe_load((REPO / "hardware-profiles" / "x86-server.yaml").read_text())
+    data.update(threads="many", max_model_mb=-1, memory_mb=0, colour="blue", size="xl")
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(_write(tmp_path, data, "broken.yaml")))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'broken.yaml'}: invalid profile: threads: ")
+    assert message.endswith("(and 2 more problems)")
+
+
 def test_not_yaml_or_not_a_mapping(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")

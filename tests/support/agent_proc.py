@@ -11,6 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from sdk.credentials import DeviceCredentials
+from tests.support.mosquitto import free_port
+from tests.support.processes import stop_process
+
 AGENT_BIN = Path(sys.executable).with_name("edge-agent")
 
 
@@ -36,12 +40,8 @@ class Agent:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_process(self.process)
 
     def infer(self) -> list[float] | None:
         try:
@@ -53,3 +53,22 @@ class Agent:
         except httpx.HTTPError:
             return None
         return r.json()["outputs"][0]["data"] if r.status_code == 200 else None
+
+
+def device_agent(
+    creds: DeviceCredentials, workdir: Path, *, fleet_url: str, broker_url: str, trust_key: Path
+) -> Agent:
+    """An agent (not started yet) for a device the fleet registered, as an operator would run it.
+
+    Its credentials file and data folder go under ``workdir/<device id>/``, its log to
+    ``workdir/<device id>.log``; it sends telemetry every second so tests see it soon.
+    """
+    home = workdir / creds.device_id
+    cred_file = creds.save(home / "credentials.json")
+    port = free_port()
+    args = [
+        "--data-dir", str(home / "data"), "--trust-key", str(trust_key),
+        "--listen", f"127.0.0.1:{port}", "--fleet-url", fleet_url, "--broker", broker_url,
+        "--device-id", creds.device_id, "--credentials", str(cred_file), "--telemetry-interval", "1",
+    ]  # fmt: skip
+    return Agent(creds.device_id, args, port, workdir / f"{creds.device_id}.log")

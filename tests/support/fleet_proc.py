@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.mosquitto import free_port
+from tests.support.processes import stop_process
 
 BIN = Path(sys.executable).with_name("edge-fleet")
 
@@ -30,13 +31,7 @@ class FleetProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
@@ -51,6 +46,39 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0
             pass
         time.sleep(0.1)
     raise RuntimeError(f"edge-fleet did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def admin_token(db: str) -> str:
+    """An admin API token, made the way an operator makes the first one: ``edge-fleet token create``."""
+    out = subprocess.run(
+        [str(BIN), "token", "create", "--role", "admin", "--db", db],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return out.split()[-1]
+
+
+def serve_args(tmp_path: Path, db: str, broker_url: str, *extra: str) -> list[str]:
+    """``edge-fleet serve`` on ``db`` and ``broker_url``, bundles under tmp/store, a fast controller.
+
+    Trusts tmp/keys/signing.pub, the key the ``signing_key`` fixture writes; ``extra`` adds flags.
+    """
+    return [
+        "serve",
+        "--db",
+        db,
+        "--broker",
+        broker_url,
+        "--storage",
+        str(tmp_path / "store"),
+        "--trust-key",
+        str(tmp_path / "keys" / "signing.pub"),
+        "--controller-interval",
+        "0.2",
+        *extra,
+    ]
 
 
 @contextmanager
