@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from converter import sensitivity as sens
+from converter import smoothing
 from converter.calibration import Dataset
 from converter.context import PassContext
 from converter.measure import (
@@ -46,7 +47,7 @@ EVAL_SAMPLES = 512
 Maker = Callable[[tuple[str, ...], Path], Path]
 OnlyMaker = Callable[[str, Path], Path]
 #: nodes the one-pass ranking hands to the slower one-node-at-a-time refinement.
-MAX_SUSPECTS = 24
+MAX_SUSPECTS = 48
 #: a quick race stops the back-off only on a clear win (it has few rounds, so it is noisier).
 CLEAR_WIN = 0.15
 #: models above this size should come out at most half as big (when a candidate manages it).
@@ -147,6 +148,8 @@ class Search:
         self.static_config = replace(int8_static.configure(ctx), op_types=None)
         #: candidate name -> how to rebuild it with some nodes kept in float (for the back-off).
         self.makers: dict[str, tuple[Maker, OnlyMaker, tuple[str, ...] | None]] = {}
+        #: candidate name -> the float model it quantizes, when that is not ``base`` (for rankings).
+        self.float_models: dict[str, Path] = {}
 
     # ------------------------------------------------------------------ candidate makers
     def _add(self, cand: Candidate) -> bool:
@@ -221,11 +224,71 @@ class Search:
         )
         return cand
 
+    def dynamic_smoothed(self) -> Candidate | None:
+        """Dynamic int8 MatMuls on a smoothed graph, per-channel weights, embedding tables int8 per row.
+
+        Outlier activation channels move into the weights (:mod:`converter.smoothing`), where only
+        the MatMuls' int8 arithmetic sees them; everything else (residual adds, normalisation,
+        softmax, activation functions, the attention score path) stays float. Row-gathered tables are
+        stored as int8 rows with a scale each, which costs nothing per call.
+        """
+        smoothed = smoothing.smooth(
+            self.base,
+            self.ctx.path("smoothed.onnx"),
+            self.ctx.calibration,
+            self.ctx.threads,
+            self.ctx.workdir,
+        )
+        if not smoothed.alphas:
+            self.ctx.record(
+                "search", "no smoothed candidate", "smoothing did not lower any simulated MatMul error"
+            )
+            return None
+        self.ctx.record(
+            "smoothing",
+            f"{len(smoothed.alphas)} MatMul activations smoothed",
+            "per-channel activation ranges moved into the weights where simulated dynamic int8 error fell",
+            alphas={k: v for k, v in list(smoothed.alphas.items())[:8]},
+            error_before_after={
+                k: [round(a, 6), round(b, 6)] for k, (a, b) in list(smoothed.errors.items())[:8]
+            },
+        )
+        tables = weight_only.quantize(
+            smoothed.path, self.ctx.path("smoothed-tables.onnx"), weight_only.Config(op_types=("Gather",))
+        )
+        # row-gathered tables add no DequantizeLinear; any other int8 store would need its folding config.
+        float_model = tables.path if tables.count and not tables.needs_fold else smoothed.path
+        config = replace(int8_dynamic.configure(self.ctx), op_types=("MatMul", "Gemm"), per_channel=True)
+        name = "dynamic-int8-smoothed"
+        out = int8_dynamic.quantize(float_model, self.ctx.path(f"cand-{name}.onnx"), config)
+        cand = Candidate(
+            name,
+            out,
+            "int8",
+            "dynamic int8 MatMul/Gemm on smoothed activations, per-channel weights"
+            + (", embedding tables int8 per row" if float_model == tables.path else ""),
+        )
+        self._add(cand)
+        self.float_models[name] = float_model
+        self.makers[name] = (
+            lambda excl, path: int8_dynamic.quantize(
+                float_model, path, replace(config, nodes_to_exclude=excl)
+            ),
+            lambda node, path: int8_dynamic.quantize(
+                float_model, path, replace(config, nodes_to_quantize=(node,))
+            ),
+            config.op_types,
+        )
+        return cand
+
     def back_off(self, failed: Candidate) -> Candidate | None:
         """Keep the most sensitive nodes in float, 1, 2, 4, ... of them, until fidelity is met."""
         make, only, op_types = self.makers[failed.name]
         ranking = self.ranking(failed)
-        everyone = sens.worst_first(ranking, op_types)
+        touched = sens.quantized_nodes(self.float_models.get(failed.name, self.base), failed.path)
+        everyone = [n for n in sens.worst_first(ranking, op_types) if n in touched] or sens.worst_first(
+            ranking, op_types
+        )
         suspects = everyone[:MAX_SUSPECTS]
         refined = sens.refine(
             suspects,
@@ -244,7 +307,7 @@ class Search:
             worst=sens.loss_summary(refined),
         )
         # measured suspects by measured loss, then the rest in one-pass order; at most half the nodes.
-        quantized = sum(1 for n in ranking.loss if op_types is None or ranking.op_types.get(n) in op_types)
+        quantized = len(everyone)
         worst = (refined.ranked() + everyone[MAX_SUSPECTS:])[: max(1, quantized // 2)]
         steps = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < len(worst)] + ([len(worst)] if worst else [])
         for k in steps:
@@ -275,7 +338,8 @@ class Search:
         """Per-node sensitivity of one quantized candidate (measured once, kept for the report)."""
         if cand.name not in self.rankings:
             log.info("per-node sensitivity of %s", cand.name)
-            found = sens.measure(self.base, cand.path, self.ctx.workdir, self.data, self.ctx.threads)
+            float_model = self.float_models.get(cand.name, self.base)
+            found = sens.measure(float_model, cand.path, self.ctx.workdir, self.data, self.ctx.threads)
             self.rankings[cand.name] = found
             self.ctx.record(
                 "sensitivity",
@@ -390,6 +454,8 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
         and s.budget_ok("dynamic int8")
     ):
         plain.append(s.dynamic())
+        smoothed = s.dynamic_smoothed() if s.budget_ok("smoothed dynamic int8") else None
+        plain += [smoothed] if smoothed else []
     # back off (sensitive nodes in float) while no int8-compute candidate that passed is faster than
     # the source; the candidate closest to the bar first, where a few float nodes can fix it.
     backed: list[Candidate] = []

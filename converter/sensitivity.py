@@ -187,6 +187,25 @@ def refine(
     )
 
 
+def quantized_nodes(float_path: Path, quant_path: Path) -> set[str]:
+    """Nodes of the float model the quantized one changed: replaced (dynamic int8 swaps MatMul for
+    MatMulInteger under a new name) or fed by a DequantizeLinear (QDQ). Keeping any other node in
+    float changes nothing, so the back-off never spends a step on one."""
+    import onnx
+
+    quant = onnx.load(str(quant_path), load_external_data=False).graph
+    dequantized = {o for n in quant.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in quant.node if n.name}
+    touched = set()
+    for node in onnx.load(str(float_path), load_external_data=False).graph.node:
+        if not node.name or node.op_type not in QUANTIZED_OPS:
+            continue
+        twin = by_name.get(node.name)
+        if twin is None or twin.op_type != node.op_type or any(i in dequantized for i in twin.input):
+            touched.add(node.name)
+    return touched
+
+
 def worst_first(sensitivity: Sensitivity, op_types: tuple[str, ...] | None = None) -> list[str]:
     """Nodes (of ``op_types``, if given), worst first; those that seem harmless come last, not never:
     the one-pass measure can miss a node whose error shows only downstream."""
