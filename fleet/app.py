@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleet.api.docs import add_docs
 from fleet.api.routes import bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
 from fleet.db.session import Database, migrate
@@ -36,7 +37,12 @@ def build_context(settings: FleetSettings, publisher: Publisher | None = None) -
     return FleetContext(
         settings=settings,
         db=db,
-        storage=open_storage(settings.storage),
+        storage=open_storage(
+            settings.storage,
+            multipart_mb=settings.storage_multipart_mb,
+            staging_dir=settings.staging_dir,
+            presign_s=settings.storage_presign_s,
+        ),
         trusted_keys=keys.load_trusted_keys(settings.trust_keys),
         metrics=FleetMetrics(db),
         publisher=publisher,
@@ -132,9 +138,12 @@ def create_app(
         description="Devices, bundles and staged rollouts of edgefleet. Every call needs `Authorization: Bearer TOKEN`.",
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/docs",
+        # /docs is served by fleet.api.docs with local assets; ReDoc would load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     _error_handlers(app)
+    add_docs(app, "/api/v1/openapi.json")
     for module in (devices, bundles, rollouts, tokens):
         app.include_router(module.router, prefix="/api/v1")
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import secrets
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy.orm import Session
 
 from fleet.db.models import Token
 from sdk.errors import AuthError
+from sdk.fsio import write_atomic
+
+log = logging.getLogger(__name__)
 
 Role = Literal["admin", "operator", "viewer", "device"]
 ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "device")
@@ -52,6 +58,26 @@ def check_token(session: Session, plaintext: str) -> Token:
     if token is None or token.revoked or not hmac.compare_digest(token.secret_sha256, sha256_hex(parts[2])):
         raise AuthError("invalid or revoked token")
     return token
+
+
+def kept_admin_token(session: Session, path: Path) -> tuple[str, bool]:
+    """The admin token kept in ``path`` while the database still accepts it, else a new one kept there.
+
+    Returns ``(token, created)``. ``edge-fleet up`` keeps its first token so a restart does not
+    hand out another one each time (and leave the old ones valid); the file is readable by its owner only.
+    """
+    if path.exists():
+        kept = path.read_text(encoding="utf-8").strip()
+        try:
+            if check_token(session, kept).role == "admin":
+                os.chmod(path, 0o600)
+                return kept, False
+        except AuthError:
+            pass
+        log.warning("the admin token in %s is not valid in this database; replacing it with a new one", path)
+    token = create_token(session, "admin", name="edge-fleet up")
+    write_atomic(path, f"{token}\n".encode(), mode=0o600)
+    return token, True
 
 
 def role_allows(role: str, needed: Role) -> bool:

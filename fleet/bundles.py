@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from fleet.db.models import Bundle
 from fleet.db.session import get_existing
-from fleet.storage import LocalStorage
+from fleet.storage import BundleStorage
 from sdk import keys
 from sdk.bundle import file_sha256, verify_bundle
 from sdk.errors import ConflictError, UntrustedSignerError
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def store_upload(
     session: Session,
-    storage: LocalStorage,
+    storage: BundleStorage,
     staged: Path,
     trusted: list[keys.Ed25519PublicKey],
 ) -> Bundle:

@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         help="database URL, e.g. postgresql://user@host/edgefleet (default: $EDGEFLEET_DB_URL)",
     )
     serve.add_argument("--broker", default="", help="mqtt[s]://HOST:PORT (omit for an API-only replica)")
-    serve.add_argument("--storage", required=True, help="bundle folder (a shared volume for replicas)")
+    serve.add_argument(
+        "--storage",
+        required=True,
+        help="bundle folder (a shared volume for replicas) or s3://BUCKET/PREFIX "
+        "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... as for the aws CLI)",
+    )
     serve.add_argument("--listen", default="127.0.0.1:8800")
     serve.add_argument("--trust-key", type=Path, action="append", default=[])
     serve.add_argument("--public-url", help="base URL devices download bundles from")
@@ -148,8 +153,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     db = Database(settings.db_url)
     migrate(db.engine)
+    token_file = data / "admin-token"
     with db.session() as s:
-        token = auth.create_token(s, "admin", name="edge-fleet up")
+        token, created = auth.kept_admin_token(s, token_file)
     broker = EmbeddedBroker(mhost, mport, BrokerAuthority(db, "edge-fleet", admin_password))
     broker.start()
     base = settings.base_url()
@@ -160,6 +166,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  MQTT       mqtt://{broker_host}:{mport}   (embedded amqtt, MQTT 3.1.1)\n"
         f"  data       {data}\n"
         f"  trusted signing keys: {len(trust) or 'none (bundle uploads are refused; use --trust-key)'}\n"
+        f"  admin token file {token_file} ({'new' if created else 'kept from an earlier start'}, mode 0600)\n"
         f"admin token:\n{token}\n"
     )
     sys.stdout.flush()
@@ -226,7 +233,7 @@ def _main(argv: Sequence[str]) -> int:
     setup_logging(args.verbose)
     if args.verbose < 2:
         # Their INFO lines (plugin set-up, session state changes) drown what an operator needs.
-        for noisy in ("alembic", "transitions", "amqtt", "uvicorn.access"):
+        for noisy in ("alembic", "transitions", "amqtt", "uvicorn.access", "botocore", "boto3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "up":
         return cmd_up(args)

@@ -13,7 +13,7 @@ from fleet.mqtt.client import FleetMqtt
 from fleet.rollout.controller import RolloutController
 from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
-from fleet.storage import LocalStorage
+from fleet.storage import BundleStorage
 from sdk import keys
 from sdk.messages import DesiredState
 from sdk.topics import topic
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class FleetContext:
     settings: FleetSettings
     db: Database
-    storage: LocalStorage
+    storage: BundleStorage
     trusted_keys: list[keys.Ed25519PublicKey]
     metrics: FleetMetrics
     publisher: Publisher | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdk.errors import AuthError, BundleError
+from sdk.errors import AuthError, BundleError, EdgeError
 
 
 class ForbiddenError(AuthError):
@@ -15,3 +15,9 @@ class PayloadTooLargeError(BundleError):
     """An upload is larger than the fleet accepts."""
 
     http_status = 413
+
+
+class StorageError(EdgeError):
+    """Bundle storage (an S3 endpoint, a volume) failed or cannot be reached; the call may be retried."""
+
+    http_status = 503

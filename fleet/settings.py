@@ -30,8 +30,16 @@ class FleetSettings(BaseSettings):
     #: (the embedded broker asks the fleet database directly).
     broker_accounts: Literal["none", "dynsec", "db"] = "none"
 
-    #: bundle storage: a folder, or ``s3://bucket/prefix`` (not implemented yet: refused clearly).
+    #: bundle storage: a folder, or ``s3://bucket/prefix`` (endpoint, region and credentials from the
+    #: standard AWS environment variables and config files: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
     storage: str = "bundles"
+    #: S3: uploads at least this large go up in parts of this size (S3's minimum part is 5 MiB).
+    storage_multipart_mb: float = 16.0
+    #: S3: 0 streams downloads through the fleet (devices need to reach only the fleet); above 0,
+    #: devices are redirected to a presigned URL valid this many seconds (they must reach the S3 endpoint).
+    storage_presign_s: float = 0.0
+    #: S3: local folder where uploads are verified before they go to the bucket (default: system temp).
+    staging_dir: Path | None = None
     #: uploads larger than this are refused while they stream in (413), before they fill the disk.
     max_bundle_mb: float = 4096.0
     #: Ed25519 public keys (files or folders of ``*.pub``) that uploaded bundles must be signed with.

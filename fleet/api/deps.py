@@ -30,7 +30,9 @@ def get_session(ctx: ContextDep) -> Iterator[Session]:
         yield s
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function": commit before the response is sent. With FastAPI's default ("request") the commit
+# ran after it, so a client could get 201 for a rollout and then 404 reading it back.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_token(

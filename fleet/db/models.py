@@ -123,7 +123,8 @@ class TelemetrySample(Base):
     """One telemetry message; per-model counters summed so health gates read one row per message."""
 
     __tablename__ = "telemetry"
-    __table_args__ = (Index("ix_telemetry_device_time", "device_id", "time"),)
+    # Unique: a message the agent resends after an outage (same device, time and seq) is stored once.
+    __table_args__ = (Index("ux_telemetry_device_time_seq", "device_id", "time", "seq", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(128))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from fleet import auth
 from fleet.db.session import Database
 from tests.support.fleet_proc import BIN
+from tests.support.s3 import isolated_aws_env
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60)
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``edge-fleet ARGS`` with this environment (or ``env``, the whole environment)."""
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_token_create_prints_the_token_last_and_it_works(tmp_path: Path) -> None:
@@ -31,6 +34,8 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     r = run("serve", "--db", "nonsense://x", "--storage", str(tmp_path / "s"), "--listen", "127.0.0.1:0")
     assert r.returncode == 1
     assert len(r.stderr.strip().splitlines()) == 1 and "database URL" in r.stderr
+    # no AWS credentials anywhere (and no metadata service asked): named before anything starts
+    no_aws = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     r = run(
         "serve",
         "--db",
@@ -39,5 +44,9 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         "s3://bucket/x",
         "--listen",
         "127.0.0.1:0",
+        env={**no_aws, **isolated_aws_env()},
     )
-    assert r.returncode == 1 and "S3 storage is not available" in r.stderr
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "edge-fleet: error: no S3 credentials for s3://bucket/x/: set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    ]

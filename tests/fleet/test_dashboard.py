@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from fleet import auth
 from fleet.app import create_app
@@ -16,6 +14,7 @@ from fleet.ingest import Ingest
 from fleet.settings import FleetSettings
 from sdk.messages import ReportedModel, ReportedState, Status
 from sdk.topics import topic
+from tests.fleet.live_server import serve_in_thread
 from tests.support.mosquitto import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,13 +35,7 @@ def test_dashboard_shows_devices_rollouts_and_health(tmp_path: Path) -> None:
         controller_interval_s=0,
     )
     app = create_app(settings, publisher=lambda *_: None)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(app, port):
         ctx = app.state.fleet
         with ctx.db.session() as s:
             token = auth.create_token(s, "viewer")
@@ -97,6 +90,3 @@ def test_dashboard_shows_devices_rollouts_and_health(tmp_path: Path) -> None:
             page.click("#login button")
             page.wait_for_function("document.querySelector('#status').textContent.includes('invalid')")
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)

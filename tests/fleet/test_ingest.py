@@ -87,3 +87,39 @@ def test_old_telemetry_is_pruned(fleet: Fleet) -> None:
         assert telemetry.prune(s, time.time() - 3600) == 1
     h = fleet.client.get("/api/v1/devices/d0/health", params={"window_s": 1e10}, headers=fleet.admin).json()
     assert h["samples"] == 1
+
+
+def test_telemetry_is_idempotent_by_device_and_seq_in_any_order(fleet: Fleet) -> None:
+    """Late, reordered and repeated copies (two replicas at once) store each message exactly once."""
+    import threading
+
+    fleet.register("d0")
+    fleet.register("d1")
+    now = time.time()
+    msgs = {d: [(topic("telemetry", d), tele(i, now - 100 + i)) for i in range(40)] for d in ("d0", "d1")}
+    # the newest half arrives first; the older half (the agent's buffer) arrives after it
+    feed(fleet, msgs["d0"][20:] + msgs["d1"][20:])
+    feed(fleet, msgs["d0"][:20] + msgs["d1"][:20])
+    # a copy of everything, twice within one batch, from two replicas at the same time
+    everything = msgs["d0"] + msgs["d1"]
+    replicas = [threading.Thread(target=feed, args=(fleet, everything + everything)) for _ in range(2)]
+    for r in replicas:
+        r.start()
+    for r in replicas:
+        r.join()
+    for d in ("d0", "d1"):
+        h = fleet.client.get(
+            f"/api/v1/devices/{d}/health", params={"window_s": 1e6}, headers=fleet.admin
+        ).json()
+        assert h["samples"] == 40 and h["requests"] == 400
+    assert "edgefleet_telemetry_samples_stored_total 80.0" in fleet.client.get("/metrics").text
+
+
+def test_not_a_number_in_telemetry_never_costs_the_batch(fleet: Fleet) -> None:
+    fleet.register("d0")
+    now = time.time()
+    nan_cpu = b'{"schema": 1, "seq": 1, "time": %f, "interval_s": 10, "cpu_percent": NaN}' % now
+    nan_time = b'{"schema": 1, "seq": 2, "time": NaN, "interval_s": 10}'
+    feed(fleet, [(topic("telemetry", "d0"), p) for p in (nan_cpu, nan_time, tele(3, now + 1))])
+    h = fleet.client.get("/api/v1/devices/d0/health", params={"window_s": 1e6}, headers=fleet.admin).json()
+    assert h["samples"] == 2 and h["requests"] == 10

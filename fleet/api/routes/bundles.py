@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
-from fastapi import APIRouter, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from fleet import bundles
 from fleet.api.deps import ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
+from fleet.api.download import bundle_response
+from fleet.context import FleetContext
 from fleet.errors import PayloadTooLargeError
 from fleet.schemas import BundleDetail, BundlePublic
 
@@ -34,6 +38,12 @@ async def upload_bundle(file: UploadFile, ctx: ContextDep, _: OperatorDep) -> Bu
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+    # Verifying and storing (an S3 upload of gigabytes) blocks: off the event loop, so the
+    # replica keeps serving everything else meanwhile.
+    return await run_in_threadpool(_store, ctx, staged)
+
+
+def _store(ctx: FleetContext, staged: Path) -> BundlePublic:
     with ctx.db.session() as session:
         bundle = bundles.store_upload(session, ctx.storage, staged, ctx.trusted_keys)
         return BundlePublic.model_validate(bundle)
@@ -49,15 +59,31 @@ def get_bundle(bundle_id: str, session: SessionDep, _: ViewerDep) -> BundleDetai
     return BundleDetail.model_validate(bundles.get(session, bundle_id))
 
 
-@router.get("/{bundle_id}/download", response_class=FileResponse)
+@router.get(
+    "/{bundle_id}/download",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the whole `.efb` file"},
+        206: {"description": "the requested byte range (`Range: bytes=N-`)"},
+        307: {"description": "with presigned S3 downloads: where to fetch the file"},
+        416: {"description": "the range starts past the end of the file"},
+    },
+)
 def download_bundle(
-    bundle_id: str, session: SessionDep, ctx: ContextDep, _: DeviceOrViewerDep
-) -> FileResponse:
+    bundle_id: str, request: Request, session: SessionDep, ctx: ContextDep, _: DeviceOrViewerDep
+) -> Response:
     """The ``.efb`` file; honours ``Range: bytes=N-`` (206) so a cut download resumes."""
     bundle = bundles.get(session, bundle_id)
-    return FileResponse(
-        ctx.storage.path(bundle.storage_key),
-        media_type="application/octet-stream",
-        filename=f"{bundle.name}-{bundle.version}-{bundle.profile}.efb",
-        headers={"X-Content-SHA256": bundle.sha256},
+    filename = f"{bundle.name}-{bundle.version}-{bundle.profile}.efb"
+    direct = ctx.storage.download_url(bundle.storage_key, filename)
+    if direct is not None:
+        return RedirectResponse(direct, status_code=307)
+    return bundle_response(
+        ctx.storage,
+        bundle.storage_key,
+        size=bundle.size,
+        sha256=bundle.sha256,
+        filename=filename,
+        range_header=request.headers.get("range"),
+        if_range=request.headers.get("if-range"),
     )

@@ -1,0 +1,41 @@
+"""A write the API answers 2xx for is committed before the answer leaves: a client reads it back at once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from fleet import auth
+from fleet.app import create_app
+from fleet.settings import FleetSettings
+from tests.fleet.live_server import serve_in_thread
+from tests.support.mosquitto import free_port
+
+
+def test_a_created_resource_is_readable_as_soon_as_the_answer_arrives(tmp_path: Path) -> None:
+    settings = FleetSettings(
+        db_url=f"sqlite:///{tmp_path / 'f.db'}", storage=str(tmp_path / "s"), controller_interval_s=0
+    )
+    app = create_app(settings, publisher=lambda *_: None)
+    with serve_in_thread(app, free_port()) as base:
+        ctx = app.state.fleet
+        with ctx.db.session() as s:
+            admin = {"Authorization": f"Bearer {auth.create_token(s, 'admin')}"}
+
+        # A slow commit (a busy PostgreSQL): only a transaction that wrote something waits.
+        def wrote(session: Session, _context: object) -> None:
+            session.info["wrote"] = True
+
+        def slow_commit(session: Session) -> None:
+            if session.new or session.dirty or session.info.pop("wrote", False):
+                time.sleep(0.5)
+
+        event.listen(ctx.db.sessions, "after_flush", wrote)
+        event.listen(ctx.db.sessions, "before_commit", slow_commit)
+        with httpx.Client(base_url=base, headers=admin, timeout=10) as api:
+            assert api.post("/api/v1/devices", json={"device_id": "cam-9"}).status_code == 201
+            assert api.get("/api/v1/devices/cam-9").status_code == 200
