@@ -80,14 +80,109 @@ def _load_onnx(path: Path, workdir: Path) -> SourceModel:
         ) from None
     if len(model.graph.node) == 0 or not model.opset_import:
         raise ConversionError(f"{path}: not an ONNX model (no graph nodes or opset); is the file truncated?")
+    out = workdir / "source.onnx"
+    _save_onnx(model, out)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = first_line(exc)
-        raise ConversionError(f"{path}: the ONNX model is invalid: {first}") from None
-    out = workdir / "source.onnx"
-    _save_onnx(model, out)
+        _accept_if_runtime_loads(model, path, out, first_line(exc))
     return SourceModel(ModelArtifact(onnx_path=out), "onnx", _sha256_of(path), path.name, path.stem)
+
+
+def _accept_if_runtime_loads(model: Any, path: Path, saved: Path, complaint: str) -> None:
+    """The ONNX checker is stricter than ONNX Runtime, which is what runs the model on devices.
+
+    Published models often break a rule the runtime does not need, most often graph inputs or
+    outputs without a declared type or shape (older exporters). Those are filled in from what ONNX
+    Runtime infers, so the later passes (opset conversion, quantization) get a valid graph; what
+    still fails the checker but loads in the runtime is accepted with a warning. A model the
+    runtime cannot load either is refused with the checker's reason.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(saved), options, providers=["CPUExecutionProvider"])
+    except Exception:  # ORT raises Fail/InvalidGraph/NotImplemented
+        raise ConversionError(f"{path}: the ONNX model is invalid: {complaint}") from None
+    ranks = _probe_output_ranks(session)
+    filled = _fill_io_types(model.graph.input, session.get_inputs(), {}) + _fill_io_types(
+        model.graph.output, session.get_outputs(), ranks
+    )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        log.warning(
+            "%s: the ONNX checker objects (%s), but ONNX Runtime loads the model; going on",
+            path,
+            first_line(exc),
+        )
+    else:
+        log.warning(
+            "%s: %s had no declared type or shape; filled in from ONNX Runtime", path, ", ".join(filled)
+        )
+    if filled:
+        _save_onnx(model, saved)
+
+
+def _probe_output_ranks(session: Any) -> dict[str, int]:
+    """Output ranks from one run on zeros (dynamic dims 1): ONNX Runtime reports an unknown rank as []."""
+    import numpy as np
+
+    from converter.runtime import input_specs
+
+    feeds = {
+        s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], dtype=s.dtype)
+        for s in input_specs(session)
+    }
+    options = _quiet_run()
+    try:
+        outputs = session.run(None, feeds, options)
+    except Exception:  # the model needs other sizes or values: ranks stay unknown
+        return {}
+    return {o.name: np.asarray(v).ndim for o, v in zip(session.get_outputs(), outputs)}
+
+
+def _quiet_run() -> Any:
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
+def _fill_io_types(values: Any, ort_args: list[Any], ranks: dict[str, int]) -> list[str]:
+    """Give graph inputs/outputs that lack a tensor type or shape the ones ONNX Runtime inferred.
+
+    A dim ONNX Runtime does not know stays unknown; a shape is declared only when its rank is known.
+    """
+    from onnx import TensorProto
+
+    inferred = {a.name: a for a in ort_args}
+    filled = []
+    for value in values:
+        tensor = value.type.tensor_type
+        arg = inferred.get(value.name)
+        if arg is None or (tensor.elem_type and tensor.HasField("shape")):
+            continue
+        if not arg.type.startswith("tensor("):
+            continue  # sequences and maps: nothing simple to declare
+        tensor.elem_type = TensorProto.DataType.Value(arg.type[len("tensor(") : -1].upper())
+        dims: list[Any] | None = list(arg.shape) if arg.shape else None
+        if dims is None and value.name in ranks:
+            dims = [None] * ranks[value.name]
+        if dims is not None:
+            tensor.shape.Clear()
+            for d in dims:
+                dim = tensor.shape.dim.add()
+                if isinstance(d, int) and d > 0:
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
+        filled.append(value.name)
+    return filled
 
 
 def _save_onnx(model: Any, out: Path) -> None:

@@ -6,11 +6,13 @@
   (the pattern Ampere sparse tensor cores run).
 * structured: whole output channels of a Conv (or Gemm/MatMul) with the smallest L1 norm are
   removed, with the matching input channels of the one node that consumes them (through
-  elementwise activations), so weights really shrink and the graph stays valid.
+  channel-wise ops: activations, pooling, and the ``x * f(x)`` forms exporters write hard-swish
+  and SiLU in), so weights really shrink and the graph stays valid.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,23 +22,38 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
-ELEMENTWISE = (
-    "Relu",
-    "LeakyRelu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Elu",
-    "Selu",
-    "Gelu",
-    "Softplus",
-    "PRelu",
-    # per-channel pooling keeps channels apart, so channels can be pruned through it
-    "MaxPool",
-    "AveragePool",
+#: ops that act on each element alone, so on each channel alone: channels can be pruned through them.
+CHANNELWISE_UNARY = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Gelu",
+        "Mish",
+        "Softplus",
+        "Softsign",
+        "ThresholdedRelu",
+        "Erf",
+        "Abs",
+        "Neg",
+        "Exp",
+        "Sqrt",
+        "Reciprocal",
+        "Identity",
+        # per-channel pooling keeps channels apart
+        "MaxPool",
+        "AveragePool",
+    }
 )
+#: element-wise ops with more inputs: their other inputs must be scalar constants or tensors that
+#: come from the same channels (hard-swish written as x * relu6(x + 3) / 6, SiLU as x * sigmoid(x)).
+CHANNELWISE_NARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Clip"})
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ def structured(model: Any, amount: float) -> PruneStats:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     outputs = {o.name for o in graph.output}
+    position = {id(node): i for i, node in enumerate(graph.node)}
     removed = total = 0
     for node in list(graph.node):
         if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in arrays:
@@ -148,29 +166,21 @@ def structured(model: Any, amount: float) -> PruneStats:
         if bias is False:
             continue
         chain_end = bias[1] if bias else node.output[0]
-        tensor = chain_end
-        while True:  # walk through elementwise activations to the one weighted consumer
-            users = consumers.get(tensor, [])
-            if tensor in outputs or len(users) != 1:
-                break
-            user = users[0]
-            if user.op_type in ELEMENTWISE and (
-                user.op_type != "PRelu" or arrays.get(user.input[1], np.ones(1)).size == 1
-            ):
-                tensor = user.output[0]
-                continue
-            break
-        users = consumers.get(tensor, [])
-        if len(users) != 1 or tensor in outputs:
+        found = _channelwise_region_end(chain_end, consumers, arrays, outputs, position)
+        if found is None:
             continue
-        nxt = users[0]
+        tensor, nxt = found
         if (
             nxt.op_type not in WEIGHTED
             or nxt.input[0] != tensor
             or len(nxt.input) < 2
             or nxt.input[1] not in arrays
+            or _attr(nxt, "transA", 0)
         ):
             continue
+        shared = [node.input[1], nxt.input[1], *([bias[0]] if bias else [])]
+        if any(len(consumers.get(name, [])) != 1 for name in shared):
+            continue  # a weight that feeds other nodes too (tied weights) would break them
         if nxt.op_type == "Conv" and (_attr(nxt, "group", 1) != 1 or node.op_type != "Conv"):
             continue
         if node.op_type == "Conv" and nxt.op_type != "Conv":
@@ -195,6 +205,59 @@ def structured(model: Any, amount: float) -> PruneStats:
         total += channels
     del graph.value_info[:]  # shapes changed: let shape inference redo them
     return PruneStats(total, removed, removed)
+
+
+def _channelwise_region_end(
+    start: str,
+    consumers: dict[str, list[Any]],
+    arrays: dict[str, np.ndarray],
+    outputs: set[str],
+    position: dict[int, int],
+) -> tuple[str, Any] | None:
+    """Follow ``start`` through channel-wise ops to the one node that consumes the result.
+
+    Returns (tensor, consumer) when every use of ``start`` and of what is computed from it stays in
+    channel-wise ops except one final consumer of one tensor; ``None`` when the channels branch out
+    (a residual, a graph output, a reshape, two consumers). Nodes are visited in graph order, so a
+    node's inputs from the region are all known when it is judged.
+    """
+    region = {start}
+    pending: list[tuple[int, int, Any]] = []
+    seen: set[int] = set()
+
+    def push(tensor: str) -> None:
+        for user in consumers.get(tensor, []):
+            if id(user) not in seen:
+                seen.add(id(user))
+                heapq.heappush(pending, (position[id(user)], id(user), user))
+
+    push(start)
+    exits: list[Any] = []
+    while pending:
+        _, _, node = heapq.heappop(pending)
+        if _channelwise(node, region, arrays):
+            region.update(node.output)
+            push(node.output[0])
+        else:
+            exits.append(node)
+    if len(exits) != 1 or region & outputs:
+        return None
+    consumer = exits[0]
+    from_region = [i for i in consumer.input if i in region]
+    if len(from_region) != 1:
+        return None
+    return from_region[0], consumer
+
+
+def _channelwise(node: Any, region: set[str], arrays: dict[str, np.ndarray]) -> bool:
+    """Does ``node`` act on each channel of the region's tensors alone (one output, same shape)?"""
+    if len(node.output) != 1:
+        return False
+    if node.op_type in CHANNELWISE_UNARY:
+        return len(node.input) == 1 or all(not i for i in node.input[1:])
+    if node.op_type not in CHANNELWISE_NARY:
+        return False
+    return all(not i or i in region or (i in arrays and arrays[i].size == 1) for i in node.input)
 
 
 def _bias(node: Any, graph: Any, consumers: dict[str, list[Any]], arrays: dict[str, np.ndarray]) -> Any:
