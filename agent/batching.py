@@ -30,7 +30,7 @@ RunFn = Callable[[Tensors, "list[str] | None"], Tensors]
 
 @dataclass(frozen=True)
 class SchedulingConfig:
-    max_concurrency: int = 2
+    max_concurrency: int = 4
     max_queue: int = 64
     #: 0 or 1: batching off (the default).
     max_batch_size: int = 0

@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrency",
         type=int,
-        default=2,
+        default=4,
         metavar="N",
-        help="model executions at once, per model (default 2)",
+        help="model executions at once, per model (default 4)",
     )
     p.add_argument(
         "--max-queue",

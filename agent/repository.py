@@ -11,21 +11,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.batching import Scheduler, SchedulingConfig
 from agent.drift import DriftTracker
 from agent.metrics import AgentMetrics, VersionMetrics
-from agent.runtimes import ModelRuntime, load_runtime
+from agent.preload import OpenedRuntime, open_runtime
+from agent.runtimes import ModelRuntime
 from agent.stats import TelemetryBook, VersionStats
 from agent.store import ModelStore
 from sdk.errors import EdgeError, ModelNotFoundError
 from sdk.manifest import Manifest, TensorSpec
-from sdk.messages import ModelTelemetry
+
+if TYPE_CHECKING:
+    from sdk.messages import ModelTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,13 @@ class ModelRepository:
         self._reload_lock = threading.Lock()
         store.add_listener(self.reload)
 
-    def load_all(self) -> None:
+    def load_all(self, opened: Mapping[tuple[str, str], OpenedRuntime] | None = None) -> None:
+        """Serve every active version; ``opened`` holds runtimes already loaded (:mod:`agent.preload`)."""
+        spare = dict(opened or {})
         for name in self.store.active_versions():
-            self.reload(name)
+            self._reload(name, spare)
+        for left in spare.values():  # the store moved on while they loaded
+            left.runtime.close()
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         model = self._models.get(name)
@@ -95,6 +103,9 @@ class ModelRepository:
 
     def reload(self, name: str) -> None:
         """Serve the store's active version of ``name``; a version that fails to load is not swapped in."""
+        self._reload(name, {})
+
+    def _reload(self, name: str, opened: dict[tuple[str, str], OpenedRuntime]) -> None:
         with self._reload_lock:
             version = self.store.active_versions().get(name)
             current = self._models.get(name)
@@ -106,7 +117,7 @@ class ModelRepository:
                     self._retire(current)
                 return
             try:
-                model = self._load(name, version)
+                model = self._load(name, version, opened.pop((name, version), None))
             except EdgeError as exc:
                 log.error(
                     "cannot load %s %s, %s keeps serving: %s",
@@ -122,11 +133,14 @@ class ModelRepository:
         if current is not None:
             self._retire(current)
 
-    def _load(self, name: str, version: str) -> LoadedModel:
+    def _load(self, name: str, version: str, opened: OpenedRuntime | None = None) -> LoadedModel:
         started = time.perf_counter()
-        directory = self.store.version_dir(name, version)
-        manifest = self.store.manifest(name, version)
-        runtime = load_runtime(directory, manifest, threads=self._threads)
+        # A preloaded runtime was loaded before ``started``: its loading counts too.
+        earlier_s = opened.seconds if opened is not None else 0.0
+        scheduling = self._scheduling(name)
+        if opened is None:
+            opened = open_runtime(self.store, name, version, threads=self._threads)
+        runtime, manifest = opened.runtime, opened.runtime.manifest
         drift = DriftTracker(manifest.reference)
         stats = self.book.for_version(name, version, drift)
         output_names = [o.name for o in manifest.outputs]
@@ -137,9 +151,7 @@ class ModelRepository:
                 drift.observe(inputs, outputs)
             return outputs
 
-        scheduler = Scheduler(
-            f"{name} {version}", run, self._executor, self._scheduling(name), _batchable(manifest)
-        )
+        scheduler = Scheduler(f"{name} {version}", run, self._executor, scheduling, _batchable(manifest))
         model = LoadedModel(
             name=name,
             version=version,
@@ -157,7 +169,7 @@ class ModelRepository:
                 runtime.run({n: t.to_numpy() for n, t in manifest.smoke.inputs.items()}, output_names)
             except EdgeError as exc:
                 log.warning("warm-up of %s %s failed: %s", name, version, exc)
-        self.metrics.load.labels(name, version).observe(time.perf_counter() - started)
+        self.metrics.load.labels(name, version).observe(time.perf_counter() - started + earlier_s)
         return model
 
     def _retire(self, model: LoadedModel) -> None:

@@ -1,50 +1,37 @@
 """Wires the agent together: store, runtimes, scheduler, data plane, HTTP, and the optional sync side.
 
-Start-up is explicit steps: verify the active versions, load them, bind the socket, start the
-watcher (and sync), then serve. :meth:`AgentService.start_background` runs the same in a thread
-for tests and the bench.
+Start-up is explicit steps: bind the socket, check the active versions against their verification
+stamps, start loading them (:mod:`agent.preload`) while the HTTP side is imported and built, start
+the watcher (and sync), then serve; once serving, every active version is re-hashed in the
+background (see :mod:`agent.stamp`). :meth:`AgentService.start_background` runs the same in a
+thread for tests and the bench.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
-import signal
+import os
 import socket
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from agent.dataplane import DataPlane
-from agent.http.app import AgentApp
-from agent.metrics import AgentMetrics
-from agent.repository import ModelRepository
+from agent.preload import Preloader
 from agent.settings import AgentSettings
 from agent.store import ModelStore
 from sdk.errors import ConfigError
 from sdk.keys import load_trusted_keys
 
+if TYPE_CHECKING:
+    from agent.dataplane import DataPlane
+    from agent.http.app import AgentApp
+    from agent.http.server import AgentServer
+    from agent.metrics import AgentMetrics
+    from agent.repository import ModelRepository
+
 log = logging.getLogger(__name__)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the process
-    before the agent stops its sync side; here a signal only asks the server to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -66,27 +53,51 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class AgentService:
+    metrics: AgentMetrics
+    repository: ModelRepository
+    dataplane: DataPlane
+    app: AgentApp
+
     def __init__(self, settings: AgentSettings) -> None:
+        """Open the store, bind (a taken port fails before any model loads), check the active
+        versions, and build the HTTP side while their runtimes load in the background."""
         self.settings = settings
         self.store = ModelStore(settings.data_dir, load_trusted_keys(settings.trusted_key_paths()))
+        self.sock: socket.socket = bind(settings.host, settings.port)
+        try:
+            self.store.verify_active(full=False)
+            self._preloader = Preloader(self.store, settings.threads).start()
+            self.executor = ThreadPoolExecutor(
+                max_workers=max(4, settings.max_concurrency * 2), thread_name_prefix="infer"
+            )
+            self._build_http()
+        except BaseException:
+            self.sock.close()
+            raise
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sync: Any = None
+
+    def _build_http(self) -> None:
+        # Imported here, not at the top: prometheus_client and uvicorn take ~60 ms to import, which
+        # now passes while the preloader builds the ONNX Runtime sessions (without the GIL).
+        from agent.dataplane import DataPlane
+        from agent.http.app import AgentApp
+        from agent.http.server import make_server
+        from agent.metrics import AgentMetrics
+        from agent.repository import ModelRepository
+
+        settings = self.settings
         self.metrics = AgentMetrics()
-        self.executor = ThreadPoolExecutor(
-            max_workers=max(4, settings.max_concurrency * 2), thread_name_prefix="infer"
-        )
         self.repository = ModelRepository(
             self.store, self.metrics, self.executor, settings.scheduling, settings.threads
         )
         self.dataplane = DataPlane(self.repository, self.metrics)
         self.app = AgentApp(self.dataplane, self.metrics, settings.max_body_bytes)
-        self.sock: socket.socket | None = None
-        self._server: _Server | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._sync: Any = None
+        self._server: AgentServer = make_server(self.app)
 
     @property
     def port(self) -> int:
-        assert self.sock is not None
         return int(self.sock.getsockname()[1])
 
     @property
@@ -96,11 +107,9 @@ class AgentService:
     # --------------------------------------------------------------------------------- steps
 
     def prepare(self) -> None:
-        """Everything before serving: bind (a taken port fails fast), verify and load models, start
-        the watcher and sync. Connections that arrive meanwhile wait in the listen backlog."""
-        self.sock = bind(self.settings.host, self.settings.port)
-        self.store.verify_active()
-        self.repository.load_all()
+        """The rest before serving: serve the loaded models, start the watcher and sync.
+        Connections that arrive meanwhile wait in the listen backlog."""
+        self.repository.load_all(self._preloader.take())
         watcher = threading.Thread(target=self._watch, name="store-watcher", daemon=True)
         watcher.start()
         self._threads.append(watcher)
@@ -109,17 +118,9 @@ class AgentService:
 
     def serve(self) -> None:
         """Serve until interrupted (blocking); then stop the sync side and the watcher."""
-        config = uvicorn.Config(
-            self.app,
-            http="httptools",
-            loop="asyncio",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=30,
-        )
-        self._server = _Server(config)
-        assert self.sock is not None
+        verifier = threading.Thread(target=self._verify_in_full, name="store-verifier", daemon=True)
+        verifier.start()
+        self._threads.append(verifier)
         try:
             self._server.run(sockets=[self.sock])
         finally:
@@ -131,15 +132,14 @@ class AgentService:
         thread = threading.Thread(target=self.serve, name="agent-http", daemon=True)
         thread.start()
         self._threads.append(thread)
-        while self._server is None or not self._server.started:
+        while not self._server.started:
             if not thread.is_alive():
                 raise RuntimeError("the agent's HTTP server failed to start")
             threading.Event().wait(0.01)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        self._server.should_exit = True
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=10)
@@ -152,10 +152,24 @@ class AgentService:
             finally:
                 self._sync = None
         self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.sock is not None:
-            self.sock.close()
+        self.sock.close()
 
     # ------------------------------------------------------------------------------ helpers
+
+    def _verify_in_full(self) -> None:
+        """Re-hash every active version once the server runs; a damaged one is replaced (the
+        previous version, or nothing) through the same listener path as any other change."""
+        # Reading every model file is a core's worth of work for a while: let start-up finish and
+        # let requests go first (a thread's nice value is its own on Linux).
+        while not self._server.started and not self._stop.wait(0.01):
+            pass
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            self.store.verify_active(full=True)
+            self.store.poll_changes()
+        except Exception:
+            log.exception("verifying the active models in the background failed")
 
     def _watch(self) -> None:
         while not self._stop.wait(self.settings.poll_interval_s):
@@ -189,6 +203,11 @@ class AgentService:
 def run_forever(settings: AgentSettings) -> None:
     service = AgentService(settings)
     service.prepare()
+    # What start-up built lives as long as the process: keep it out of the cyclic collector, whose
+    # full passes over it took 20-40 ms each on the bench machine (none ran during the bench's
+    # load, but one would be a p99 spike). Only here, where the agent owns the process; a test
+    # process starts many agents and must collect them.
+    gc.freeze()
     log.info(
         "edge-agent serving %s on %s",
         ", ".join(f"{n} {v}" for n, v in service.store.active_versions().items()) or "no models",

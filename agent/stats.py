@@ -7,12 +7,15 @@ hands the interval's numbers to the sync side and starts a new interval.
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from agent.drift import DriftTracker
-from sdk.messages import ModelTelemetry
+
+if TYPE_CHECKING:
+    # Imported when a snapshot is taken: its pydantic models cost start-up time (sync side only).
+    from sdk.messages import ModelTelemetry
 
 #: latencies kept per interval; beyond it a reservoir keeps a uniform sample.
 _MAX_SAMPLES = 20_000
@@ -59,6 +62,8 @@ class VersionStats:
         drift = self.drift.take()
         if requests == 0 and not drift:
             return None
+        from sdk.messages import ModelTelemetry
+
         p50 = p95 = p99 = None
         if latencies:
             p50, p95, p99 = (round(float(v), 3) for v in np.percentile(latencies, [50, 95, 99]))

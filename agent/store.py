@@ -8,10 +8,17 @@
       update.json                     the update journal (agent.update)
       models/<name>/active.json       {"version": ..., "previous": ...}: the pointer, replaced atomically
       models/<name>/versions/<v>/     an unpacked, verified bundle (manifest.json, manifest.sig, model)
+                    verified.json     what the last full verification saw (agent.stamp)
 
 A version becomes active only after its signature (trusted keys), hashes and smoke test pass, and
 only by replacing ``active.json`` (write, fsync, rename, fsync): a crash at any moment leaves the
 old pointer or the new one, and both name complete, verified folders.
+
+Start-up need not re-hash every model file before serving (150 MB take about 0.1 s of a core, a
+large share of the half second the agent may take to become ready): :meth:`ModelStore.verify_active`
+with ``full=False`` accepts a version whose folder still matches the stamp its last full
+verification left, and verifies anything else in full. The agent then runs the full check in the
+background once it serves (see :mod:`agent.stamp` for what the quick check does and does not catch).
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from pathlib import Path
 
 from agent.runtimes import load_runtime
 from agent.smoke import run_smoke_test
-from agent.update import RESTING, Event, State, UpdateJournal, fsync_dir, write_atomic
-from sdk.bundle import extract_bundle, verify_directory
+from agent.stamp import read_stamped, write_stamp
+from agent.update import RESTING, Event, State, UpdateJournal
+from sdk.bundle import VerifiedBundle, extract_bundle, verify_directory
 from sdk.errors import EdgeError, ModelStoreError
+from sdk.fsio import fsync_dir, write_atomic
 from sdk.keys import Ed25519PublicKey
 from sdk.manifest import Manifest, check_name
 
@@ -172,7 +181,8 @@ class ModelStore:
                 if not self.has_version(name, version):
                     raise ModelStoreError(f"{name} {version} is not installed")
                 self.journal.check_loop_guard(name, version)
-                self._check(self.version_dir(name, version))
+                directory = self.version_dir(name, version)
+                write_stamp(directory, self._check(directory))
                 self.journal.post(Event.SMOKE_PASSED)
                 result = self._switch(name, version)
             except EdgeError as exc:
@@ -192,7 +202,7 @@ class ModelStore:
                 raise ModelStoreError(f"{name} has no previous version to roll back to")
             self.journal.post(Event.ROLLBACK, model=name, version=p.previous, previous=p.version, error=None)
             try:
-                verify_directory(self.version_dir(name, p.previous), self._trusted())
+                self._verify(self.version_dir(name, p.previous), self._trusted())
                 # The version rolled back from stays installed as "previous" so an operator can return.
                 self._write_pointer(name, Pointer(version=p.previous, previous=p.version))
             except EdgeError as exc:
@@ -208,8 +218,8 @@ class ModelStore:
     def poll_changes(self) -> list[str]:
         """Tell listeners about pointers another process changed (``edge-agent install`` next to serve)."""
         current = self.active_versions()
-        changed = [n for n, v in current.items() if self._seen.get(n) != v]
-        for name in changed:
+        changed = [n for n in {*current, *self._seen} if self._seen.get(n) != current.get(n)]
+        for name in sorted(changed):
             self._notify(name)
         return changed
 
@@ -239,18 +249,23 @@ class ModelStore:
             for tmp in self.models_dir.glob("*/.active.json.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
-    def verify_active(self) -> dict[str, str]:
+    def verify_active(self, *, full: bool = True) -> dict[str, str]:
         """Re-verify every active version (start-up); fall back to the previous one if it was damaged,
         or stop serving the model (its pointer is kept as ``damaged.json``) if none is left.
 
         Without trusted keys (a server started without --trust-key) the signature is still checked
         against the key the manifest names, and every hash: what was trusted at install stays intact.
+        ``full=False`` accepts a folder unchanged since its last full verification (:mod:`agent.stamp`)
+        without reading the model files; anything else is verified in full.
         """
         keys = self.trusted_keys or None
         with self._locked():
             for name, version in list(self.active_versions().items()):
+                directory = self.version_dir(name, version)
+                if not full and read_stamped(directory, self.trusted_keys) is not None:
+                    continue
                 try:
-                    verify_directory(self.version_dir(name, version), keys)
+                    self._verify(directory, keys)
                     continue
                 except EdgeError as exc:
                     log.error("%s %s failed verification at start-up: %s", name, version, exc)
@@ -258,7 +273,7 @@ class ModelStore:
                 p = self.pointer(name)
                 if p and p.previous and self.has_version(name, p.previous):
                     try:
-                        verify_directory(self.version_dir(name, p.previous), keys)
+                        self._verify(self.version_dir(name, p.previous), keys)
                     except EdgeError as exc2:
                         log.error("previous version %s of %s is damaged too: %s", p.previous, name, exc2)
                     else:
@@ -297,9 +312,9 @@ class ModelStore:
             if force:
                 self.journal.clear_failures(name, version)
             self.journal.check_loop_guard(name, version)
-            self._check(staging)
+            verified = self._check(staging)
             self.journal.post(Event.SMOKE_PASSED)
-            self._place(staging, name, version)
+            self._place(staging, name, version, verified)
             result = self._switch(name, version)
         except EdgeError as exc:
             self._fail(exc)
@@ -314,7 +329,7 @@ class ModelStore:
         verified = extract_bundle(bundle_path, staging, self._trusted())
         return verified.manifest
 
-    def _check(self, directory: Path) -> None:
+    def _check(self, directory: Path) -> VerifiedBundle:
         """Hashes and signature again (the folder may have rotted on disk), then the smoke test."""
         verified = verify_directory(directory, self._trusted())
         runtime = load_runtime(directory, verified.manifest, threads=1)
@@ -322,8 +337,16 @@ class ModelStore:
             run_smoke_test(runtime)
         finally:
             runtime.close()
+        return verified
 
-    def _place(self, staging: Path, name: str, version: str) -> None:
+    @staticmethod
+    def _verify(directory: Path, keys: list[Ed25519PublicKey] | None) -> VerifiedBundle:
+        """Full verification; a folder that passes is stamped so the next start-up can trust it."""
+        verified = verify_directory(directory, keys)
+        write_stamp(directory, verified)
+        return verified
+
+    def _place(self, staging: Path, name: str, version: str, verified: VerifiedBundle) -> None:
         target = self.version_dir(name, version)
         if target.exists():
             # Versions are immutable: the same version again must be the same bundle.
@@ -333,8 +356,22 @@ class ModelStore:
                     f"{name} {version} is already installed with different content; give the new bundle"
                     " a new version"
                 )
-            return
+            # The files kept are not the ones just verified: check them before they serve again.
+            try:
+                self._verify(target, self._trusted())
+                return
+            except EdgeError as exc:
+                log.warning(
+                    "%s %s on disk is damaged (%s); replacing it with the bundle's files", name, version, exc
+                )
+            # Renamed away before it is deleted: a crash leaves no half-deleted folder, at worst a
+            # pointer to a missing one, which start-up treats as damaged (it falls back).
+            damaged = self.staging_dir / f"damaged-{uuid.uuid4().hex}"
+            os.rename(target, damaged)
+            shutil.rmtree(damaged, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Renaming the folder leaves its files' inodes and times alone, so the stamp stays true.
+        write_stamp(staging, verified)
         os.rename(staging, target)
         fsync_dir(target.parent)
 

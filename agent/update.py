@@ -11,21 +11,13 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os  # noqa: F401 - transitional, see below
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdk.errors import ModelStoreError
-from sdk.fsio import (
-    fsync_dir,  # noqa: F401 - transitional, see below
-    write_atomic,
-)
+from sdk.fsio import write_atomic
 from sdk.transitions import transition
-
-# Transitional: agent/store.py imports ``fsync_dir`` from this module and tests/agent/test_store.py
-# patches ``agent.update.os.replace``; both files belong to another helper. Drop the two imports
-# marked above once they use sdk.fsio directly.
 
 log = logging.getLogger(__name__)
 

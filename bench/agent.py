@@ -423,7 +423,8 @@ def main() -> int:
     rows: list[tuple[str, int, str, Run]] = []
     requests: dict[str, dict[str, bytes]] = {}
     inputs: dict[str, np.ndarray] = {}
-    overhead: dict[str, tuple[float, float, float]] = {}
+    #: name -> in-process p50 and p99, agent p50 and p99 (ms), medians of alternating rounds at c=1.
+    overhead: dict[str, tuple[float, float, float, float]] = {}
 
     for name in names:
         width = MODELS[name][0]
@@ -475,6 +476,7 @@ def main() -> int:
                 ]
                 overhead[name] = (
                     float(np.median([r[0].p50_ms for r in rounds])),
+                    float(np.median([r[0].p99_ms for r in rounds])),
                     float(np.median([r[1].p50_ms for r in rounds])),
                     float(np.median([r[1].p99_ms for r in rounds])),
                 )
@@ -554,7 +556,7 @@ def report(
     ready: list[tuple[str, float]],
     names: list[str],
     levels: tuple[int, ...],
-    overhead: dict[str, tuple[float, float, float]],
+    overhead: dict[str, tuple[float, float, float, float]],
 ) -> None:
     print("\nmemory (RSS, MiB)")
     for label, mib in memory:
@@ -576,12 +578,17 @@ def report(
     print("\ngoals")
     for name in names:
         if name in overhead:
-            limit_p50, agent_p50, agent_p99 = overhead[name]
+            limit_p50, limit_p99, agent_p50, agent_p99 = overhead[name]
             over = agent_p50 - limit_p50
             print(
                 f"  {name}: c=1 p50 in-process {limit_p50:.2f} ms, agent {agent_p50:.2f} ms: {over:+.2f} ms"
-                f" (goal <= 1 ms) {'OK' if over <= 1 else 'MISSED'}; agent p99 {agent_p99:.2f} ms"
-                " (median of 5 alternating 1 s rounds)"
+                f" (goal <= 1 ms) {'OK' if over <= 1 else 'MISSED'} (median of 5 alternating 1 s rounds)"
+            )
+            # The goal names a 3 ms model; a model that runs in at most 3 ms in-process must meet it too.
+            verdict = ("OK" if agent_p99 <= 6 else "MISSED") if limit_p50 <= 3 else "n/a, slower than 3 ms"
+            print(
+                f"  {name}: c=1 p99 agent {agent_p99:.2f} ms, in-process {limit_p99:.2f} ms"
+                f" (goal <= 6 ms for a 3 ms model) {verdict}"
             )
         for c in levels:
             if c == 1:

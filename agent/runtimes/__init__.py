@@ -1,5 +1,5 @@
 """Model runtimes behind one interface; :func:`load_runtime` picks one from the manifest."""
 
-from agent.runtimes.base import ModelRuntime, RuntimeLoadError, load_runtime
+from agent.runtimes.base import ModelRuntime, RuntimeLoadError, load_runtime, runtime_class
 
-__all__ = ["ModelRuntime", "RuntimeLoadError", "load_runtime"]
+__all__ = ["ModelRuntime", "RuntimeLoadError", "load_runtime", "runtime_class"]

@@ -29,7 +29,8 @@ class ModelRuntime(ABC):
     #: what the runtime actually runs on, e.g. ``CPUExecutionProvider``; shown in model metadata.
     backend: str = ""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, model_path: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+        """Load ``model_path``; ``threads`` None lets the runtime choose."""
         self.manifest = manifest
 
     @property
@@ -50,15 +51,20 @@ class ModelRuntime(ABC):
         """Release engine resources early (optional)."""
 
 
-def load_runtime(directory: Path, manifest: Manifest, *, threads: int | None = None) -> ModelRuntime:
-    """Load the model file of an unpacked, verified bundle with the runtime its manifest names."""
-    model_path = directory / manifest.model_file
+def runtime_class(manifest: Manifest) -> type[ModelRuntime]:
+    """The runtime class for the manifest, its engine imported (see :mod:`agent.preload` for why apart)."""
     if manifest.runtime == "onnxruntime":
         from agent.runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(model_path, manifest, threads=threads)
+        return OnnxRuntime
     if manifest.runtime == "litert":
         from agent.runtimes.litert import LiteRtRuntime
 
-        return LiteRtRuntime(model_path, manifest, threads=threads)
+        return LiteRtRuntime
     raise RuntimeLoadError(f"runtime {manifest.runtime!r} is not supported by this agent")
+
+
+def load_runtime(directory: Path, manifest: Manifest, *, threads: int | None = None) -> ModelRuntime:
+    """Load the model file of an unpacked, verified bundle with the runtime its manifest names."""
+    cls = runtime_class(manifest)
+    return cls(directory / manifest.model_file, manifest, threads=threads)

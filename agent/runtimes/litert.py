@@ -34,7 +34,7 @@ class LiteRtRuntime(ModelRuntime):
     backend = "litert-cpu"
 
     def __init__(self, model_path: Path, manifest: Manifest, *, threads: int | None = None) -> None:
-        super().__init__(manifest)
+        super().__init__(model_path, manifest)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:

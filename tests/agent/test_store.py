@@ -168,7 +168,6 @@ _CRASH = textwrap.dedent(
     from pathlib import Path
     from sdk import keys
     import agent.store as store_mod
-    import agent.update as update_mod
 
     data_dir, pub, bundle, where = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 
@@ -181,7 +180,7 @@ _CRASH = textwrap.dedent(
             if str(dst).endswith("active.json"):
                 die()
             return real(src, dst, *a, **k)
-        update_mod.os.replace = replace
+        os.replace = replace
     elif where == "after-pointer":
         real_prune = store_mod.ModelStore._prune
         store_mod.ModelStore._prune = lambda self, name: die()
