@@ -35,6 +35,17 @@ class Options:
     calibration_path: Path | None = None
 
 
+@dataclass(frozen=True)
+class Alternative:
+    """A measured candidate the final validation may ship instead, if the chosen one measures slower."""
+
+    name: str
+    path: Path
+    precision: str
+    session_config: dict[str, str]
+    description: str
+
+
 @dataclass
 class Findings:
     """Measurements kept for the report and the manifest beyond the decisions."""
@@ -66,6 +77,8 @@ class PassContext:
     #: example inputs a torch.export program carries (used to export it when no data is given).
     example_inputs: tuple[Any, ...] | None = None
     decisions: list[Decision] = field(default_factory=list)
+    #: the quantization search's acceptable candidates, most preferred first (the chosen one first).
+    alternatives: list[Alternative] = field(default_factory=list)
     findings: Findings = field(default_factory=Findings)
     started: float = field(default_factory=time.monotonic)
 

@@ -1,7 +1,9 @@
 """Measurements: host latency, fidelity of one model against another, and accuracy with labels.
 
-Latency is compared side by side: candidates run in interleaved rounds on the same input, so a
-burst of load from another process hits all of them alike, and the median per call is reported.
+Latency is compared side by side: candidates run in interleaved blocks on the same input, so a
+burst of load from another process hits all of them alike; blocks last about a millisecond or more,
+so even a microsecond model is timed over many calls, and two sessions of the source (an A/A pair)
+measure the run's own noise, against which "slower" is decided.
 """
 
 from __future__ import annotations
@@ -107,56 +109,116 @@ def accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     return float(np.mean(outputs[0].reshape(len(labels), -1).argmax(axis=1) == labels.reshape(-1)))
 
 
+#: a timed block lasts about this long: a microsecond model is timed over many calls per block,
+#: so the timer's and the scheduler's jitter average out within the block.
+BLOCK_SECONDS = 0.001
+#: at most this many timed calls per block (the first call of a block is never timed).
+MAX_BLOCK_CALLS = 200
+#: at most this many interleaved rounds (one block of every model per round).
+MAX_ROUNDS = 100
+#: the smallest relative difference ever called "slower": an A/A run can look perfectly quiet, yet
+#: two sessions of graphs that load identically measured up to ~1% apart (memory placement).
+MIN_NOISE = 0.02
+#: the noise used when no A/A pair was measured.
+DEFAULT_NOISE = 0.05
+
+
 @dataclass(frozen=True)
 class Latency:
-    """Milliseconds per call of each model, from interleaved rounds on the same input."""
+    """Milliseconds per call of each model: one median per block, blocks interleaved round by round.
 
-    calls: dict[str, list[float]]
+    ``aa`` names two sessions of the same model (an A/A pair): how far apart they measure is the
+    noise of this run, against which "slower" is decided.
+    """
+
+    blocks: dict[str, list[float]]
+    aa: tuple[str, str] | None = None
 
     def median(self, name: str) -> float:
-        return float(np.median(self.calls[name]))
+        """The median of the block medians."""
+        return float(np.median(self.blocks[name]))
 
     def quick(self, name: str) -> float:
-        """The 10th percentile: what the model costs when the machine is not busy with others."""
-        return float(np.percentile(self.calls[name], 10))
+        """The fastest block median: what the model costs when the machine is not busy with others."""
+        return float(np.min(self.blocks[name]))
+
+    def _paired(self, name: str, baseline: str) -> np.ndarray:
+        """Per-round ratios: blocks of one round ran back to back, so a burst of load hits both."""
+        a, b = np.asarray(self.blocks[name]), np.asarray(self.blocks[baseline])
+        return a / np.maximum(b, 1e-12)
 
     def ratio(self, name: str, baseline: str) -> float:
-        """name / baseline on the 10th percentile: a shared machine's bursts inflate medians, not this."""
-        return self.quick(name) / max(self.quick(baseline), 1e-9)
+        """name / baseline: the median of the per-round ratios."""
+        return float(np.median(self._paired(name, baseline)))
+
+    def _spread(self, name: str, baseline: str) -> float:
+        """Two standard errors of the median per-round ratio (MAD-based, robust to bursts)."""
+        r = self._paired(name, baseline)
+        mad = float(np.median(np.abs(r - np.median(r))))
+        return 2.0 * 1.2533 * 1.4826 * mad / np.sqrt(len(r))
+
+    @property
+    def noise(self) -> float:
+        """How far apart two sessions of the same model measured: the A/A offset plus its spread."""
+        if self.aa is None:
+            return DEFAULT_NOISE
+        a, b = self.aa
+        return max(MIN_NOISE, abs(self.ratio(b, a) - 1.0) + self._spread(b, a))
+
+    def margin(self, name: str, baseline: str) -> float:
+        """The relative difference ``name`` needs to be called slower or faster than ``baseline``."""
+        return max(self.noise, self._spread(name, baseline))
+
+    def slower(self, name: str, baseline: str) -> bool:
+        """Measurably slower: beyond this run's A/A noise and beyond the pair's own spread."""
+        return self.ratio(name, baseline) > 1.0 + self.margin(name, baseline)
 
 
 def compare_latency(
     sessions: Mapping[str, ort.InferenceSession],
     feeds: dict[str, np.ndarray],
     rounds: int = 30,
-    seconds_per_model: float = 1.0,
-    block: int = 4,
+    seconds_per_model: float = 0.25,
+    aa: tuple[str, str] | None = None,
+    block_seconds: float = BLOCK_SECONDS,
 ) -> Latency:
-    """Time each session on the same feeds, in short blocks taken in turn (order alternates).
+    """Time each session on the same feeds, in blocks taken in turn (the order alternates).
 
-    Short blocks interleave finely, so a burst of load from other processes hits every model
-    alike; the first call of each block is not counted, since it pays for the caches the previous
-    model evicted, which a device serving one model does not. At least ``rounds`` blocks per model,
-    more for fast models, up to about ``seconds_per_model``.
+    Each block lasts about ``block_seconds`` (many calls for a microsecond model, one for a slow
+    one) and yields the median of its calls; the first call of each block is not counted, since it
+    pays for the caches the previous model evicted, which a device serving one model does not.
+    At least ``rounds`` rounds, more for fast models, up to about ``seconds_per_model`` each.
+    Pass ``aa`` (two sessions of the same model, e.g. the source loaded twice) to measure the noise.
     """
     names = list(sessions)
     for name in names:  # warm-up: first calls pay for allocation and kernel selection
         for _ in range(3):
             sessions[name].run(None, feeds)
-    slowest = max(_one_call_seconds(sessions[name], feeds) for name in names)
-    total = max(rounds, min(300, int(seconds_per_model / max(slowest * block, 1e-6))))
-    calls: dict[str, list[float]] = {name: [] for name in names}
+    per_call = {name: _call_seconds(sessions[name], feeds) for name in names}
+    calls = {
+        name: max(1, min(MAX_BLOCK_CALLS, int(block_seconds / max(t, 1e-7)))) for name, t in per_call.items()
+    }
+    slowest_block = max((calls[n] + 1) * per_call[n] for n in names)
+    total = max(rounds, min(MAX_ROUNDS, int(seconds_per_model / max(slowest_block, 1e-6))))
+    blocks: dict[str, list[float]] = {name: [] for name in names}
+    times = np.empty(MAX_BLOCK_CALLS)
     for r in range(total):
         for name in names if r % 2 == 0 else names[::-1]:
-            sessions[name].run(None, feeds)  # re-warms the caches for this model
-            for _ in range(block - 1):
+            session, n = sessions[name], calls[name]
+            session.run(None, feeds)  # re-warms the caches for this model
+            for i in range(n):
                 t0 = time.perf_counter()
-                sessions[name].run(None, feeds)
-                calls[name].append((time.perf_counter() - t0) * 1000.0)
-    return Latency(calls)
+                session.run(None, feeds)
+                times[i] = time.perf_counter() - t0
+            blocks[name].append(float(np.median(times[:n])) * 1000.0)
+    return Latency(blocks, aa)
 
 
-def _one_call_seconds(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> float:
-    t0 = time.perf_counter()
-    session.run(None, feeds)
-    return time.perf_counter() - t0
+def _call_seconds(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> float:
+    """The median of a few calls (one call alone can land on a scheduler hiccup)."""
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))

@@ -76,7 +76,7 @@ def convert(request: ConvertRequest) -> ConvertResult:
         if not model.is_onnx or ctx.source_onnx is None:
             raise ConversionError(f"profile {profile.name} produced no ONNX model: does it list 'export'?")
         if ctx.findings.metrics is None:
-            resolve("validate").run(model, ctx, resolve("validate").configure(ctx))
+            model = resolve("validate").run(model, ctx, resolve("validate").configure(ctx))
         return _package(model, source, ctx, request, key)
 
 

@@ -1,28 +1,35 @@
 """Selective quantization search: build candidates, measure each, keep the best that is good enough.
 
 Candidates, cheapest fallbacks first so the search always has something to keep when the budget
-runs out: fp32 (the cleaned graph), weight-only int8, static int8 QDQ on every op ONNX Runtime can
-run in int8, static int8 on Conv/MatMul/Gemm only, and dynamic int8 (MatMulInteger). While no
+runs out: the source graph unchanged (only loading's mandatory opset/IR fixes), fp32 (the cleaned
+graph), weight-only int8 (embedding tables row-gathered, or folded at load), static int8 QDQ on
+every op ONNX Runtime can run in int8, static int8 on Conv/MatMul/Gemm only, and dynamic int8
+(MatMulInteger), plain and on a smoothed graph. While no
 candidate that meets the fidelity bar beats the source's latency, failing candidates back off, the
 closest to the bar first: per-node sensitivity (a one-pass ranking, refined by quantizing the
 suspects one at a time) picks nodes to keep in float, 1, 2, 4, ... of the worst, until the bar is
-met; the float-kept nodes' weights are then tried as int8-stored too. Survivors race each other and
-the source in interleaved calls; nothing slower than the source is accepted; among candidates that
-halve a model over 1 MB (if any do), the smallest of the fastest (within noise) wins. Every verdict
-is recorded with its numbers.
+met; the float-kept nodes' weights are then tried as int8-stored too. A candidate ONNX Runtime
+cannot build, load or run is rejected with the reason, and the search goes on. Survivors race each
+other and the source in interleaved blocks, with the source loaded twice (an A/A pair) to measure
+the run's noise; nothing measurably slower than the source is accepted; among candidates that halve
+a model over 1 MB (if any do), the smallest (to 5% of the source's bytes) of the fastest (within
+noise) wins, and the rest, in order of preference, are kept for the final validation to fall back
+on. Every verdict is recorded with its numbers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from converter import sensitivity as sens
 from converter import smoothing
 from converter.calibration import Dataset
-from converter.context import PassContext
+from converter.context import Alternative, PassContext
 from converter.measure import (
     Fidelity,
     accuracy,
@@ -31,16 +38,18 @@ from converter.measure import (
     judged_as_classifier,
     outputs_over,
 )
-from converter.passes import int8_dynamic, int8_static, weight_only
+from converter.passes import cleanup, int8_dynamic, int8_static, weight_only
 from converter.runtime import make_session
+from sdk.errors import ConversionError
 from sdk.profiles import QuantizationSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: latency within this share of the source counts as "not slower" (interleaved medians still wobble
-#: by a few percent on a shared machine); candidates this close to the fastest count as equally fast.
-NOISE = 0.05
-
+#: the second session of the source in a race: source vs this is the A/A pair that measures noise.
+SOURCE_AGAIN = "source (A/A)"
+#: the candidate that is the source graph itself.
+SOURCE_GRAPH = "source-graph"
 
 EVAL_SAMPLES = 512
 #: rebuild a candidate with some nodes kept in float / with only one node quantized.
@@ -52,8 +61,12 @@ MAX_SUSPECTS = 48
 CLEAR_WIN = 0.15
 #: models above this size should come out at most half as big (when a candidate manages it).
 SIZE_GOAL_MIN_BYTES = 1_000_000
-#: seconds of calls per model in the final race (more for a re-run when it looked noisy).
-RACE_SECONDS = 1.5
+#: seconds of calls per model in the final race (a fast model gets MAX_ROUNDS ~1 ms blocks sooner).
+RACE_SECONDS = 0.5
+#: accepted candidates this close (relative latency) to the fastest count as equally fast.
+TIE = 0.03
+#: candidates whose sizes differ by less than this share of the source's bytes are equally small.
+SIZE_TIE = 0.05
 #: a candidate this far from the bar is not worth backing off node by node.
 HOPELESS = 0.9
 #: share of the remaining budget one refinement may use.
@@ -76,7 +89,8 @@ class Candidate:
 
     @property
     def size_bytes(self) -> int:
-        return self.path.stat().st_size
+        """0 for a candidate whose file was never written (its maker failed)."""
+        return self.path.stat().st_size if self.path.exists() else 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -154,9 +168,30 @@ class Search:
     # ------------------------------------------------------------------ candidate makers
     def _add(self, cand: Candidate) -> bool:
         self.candidates.append(cand)
-        ok = self.judge.check(cand)
+        try:
+            if cand.path not in (self.base, self.source):
+                # the quantizers annotate shapes, which make ONNX Runtime pick slower fusions.
+                cleanup.drop_shape_annotations(cand.path)
+            ok = self.judge.check(cand)
+        except ConversionError as exc:  # ONNX Runtime cannot load or run it: one rejected candidate
+            cand.verdict = f"rejected: {exc}"
+            ok = False
         log.info("candidate %s: %s", cand.name, cand.verdict)
         return ok
+
+    def _build(self, name: str, precision: str, description: str, make: Callable[[], Path]) -> Candidate:
+        """Run a candidate's maker; a maker that fails gives a rejected candidate, not a failed search."""
+        try:
+            path = make()
+        except ConversionError as exc:
+            cand = Candidate(name, self.ctx.path(f"cand-{name}.onnx"), precision, description)
+            cand.verdict = f"rejected: {exc}"
+            self.candidates.append(cand)
+            log.info("candidate %s: %s", name, cand.verdict)
+            return cand
+        cand = Candidate(name, path, precision, description)
+        self._add(cand)
+        return cand
 
     def budget_ok(self, what: str) -> bool:
         if self.ctx.seconds_left() > 0:
@@ -164,39 +199,67 @@ class Search:
         self.ctx.record("search", f"skipped {what}", "the --budget is used up; keeping the best found so far")
         return False
 
+    def source_graph(self) -> None:
+        """The source as loaded, so that when everything else is slower the source itself ships."""
+        self._add(
+            Candidate(
+                SOURCE_GRAPH,
+                self.source,
+                "fp32",
+                "the source graph unchanged (loading's opset/IR fixes only)",
+            )
+        )
+
     def fp32(self) -> None:
-        self._add(Candidate("fp32", self.base, "fp32", "cleaned fp32 graph"))
+        if self.base != self.source:
+            self._add(Candidate("fp32", self.base, "fp32", "cleaned fp32 graph"))
 
     def weight_only(self) -> None:
-        """Weight-only int8; when it misses the bar, the worst-quantizing tensors stay fp32 (1, 2, 4, 8)."""
-        skip: tuple[str, ...] = ()
+        """Weight-only int8; when it misses the bar, the worst-quantizing tensors stay fp32 (1, 2, 4, 8).
+
+        Embedding tables are tried both ways: int8 rows scaled after the Gather (no fp32 copy of
+        the table in memory, but a few more node calls per call) and DequantizeLinear folded at load
+        (the loaded graph is the fp32 graph, so a model whose latency is per-call overhead keeps it).
+        """
         worst = weight_only.worst_tensors(self.base, weight_only.Config())
         for k in (0, 1, 2, 4, 8):
             if k > len(worst) or (k and not self.budget_ok("weight-only back-off")):
                 return
-            skip = tuple(worst[:k])
-            config = weight_only.Config(skip_initializers=skip)
-            result = weight_only.quantize(self.base, self.ctx.path(f"cand-weight-only-{k}.onnx"), config)
-            if not result.count:
+            config = weight_only.Config(skip_initializers=tuple(worst[:k]))
+            result, ok = self._weight_only_variant(config, k, "")
+            if result.tables:
+                folded = replace(config, row_gather_tables=False)
+                ok = self._weight_only_variant(folded, k, "-folded")[1] or ok
+            if not result.count or ok:
                 return
-            cand = Candidate(
-                "weight-only-int8" + (f"-fp32x{k}" if k else ""),
-                result.path,
-                "int8-weights",
-                f"{result.count} weight tensors int8 (DequantizeLinear / row-gathered embeddings), fp32 compute"
-                + (f"; {k} worst-quantizing tensors kept fp32" if k else ""),
-                dict(weight_only.SESSION_CONFIG) if result.needs_fold else {},
-            )
-            if self._add(cand):
-                return
+
+    def _weight_only_variant(
+        self, config: weight_only.Config, k: int, tag: str
+    ) -> tuple[weight_only.Quantized, bool]:
+        result = weight_only.quantize(self.base, self.ctx.path(f"cand-weight-only{tag}-{k}.onnx"), config)
+        if not result.count:
+            return result, False
+        tables = "row-gathered embeddings" if config.row_gather_tables else "embeddings folded at load"
+        cand = Candidate(
+            "weight-only-int8" + tag + (f"-fp32x{k}" if k else ""),
+            result.path,
+            "int8-weights",
+            f"{result.count} weight tensors int8 (DequantizeLinear / {tables}), fp32 compute"
+            + (f"; {k} worst-quantizing tensors kept fp32" if k else ""),
+            dict(weight_only.SESSION_CONFIG) if result.needs_fold else {},
+        )
+        return result, self._add(cand)
 
     def static(self, name: str, config: int8_static.Config, description: str) -> Candidate:
         cache = self.ctx.path(f"calib-{name}.json")
-        out = int8_static.quantize(
-            self.base, self.ctx.path(f"cand-{name}.onnx"), self.ctx.calibration, config, cache
+        cand = self._build(
+            name,
+            "int8",
+            description,
+            lambda: int8_static.quantize(
+                self.base, self.ctx.path(f"cand-{name}.onnx"), self.ctx.calibration, config, cache
+            ),
         )
-        cand = Candidate(name, out, "int8", description)
-        self._add(cand)
         self.makers[name] = (
             lambda excl, path: int8_static.quantize(
                 self.base, path, self.ctx.calibration, replace(config, nodes_to_exclude=excl), cache
@@ -210,11 +273,12 @@ class Search:
 
     def dynamic(self) -> Candidate:
         config = int8_dynamic.configure(self.ctx)
-        out = int8_dynamic.quantize(self.base, self.ctx.path("cand-dynamic.onnx"), config)
-        cand = Candidate(
-            "dynamic-int8", out, "int8", "dynamic int8 (MatMul/Gemm/Gather weights, runtime activations)"
+        cand = self._build(
+            "dynamic-int8",
+            "int8",
+            "dynamic int8 (MatMul/Gemm/Gather weights, runtime activations)",
+            lambda: int8_dynamic.quantize(self.base, self.ctx.path("cand-dynamic.onnx"), config),
         )
-        self._add(cand)
         self.makers[cand.name] = (
             lambda excl, path: int8_dynamic.quantize(self.base, path, replace(config, nodes_to_exclude=excl)),
             lambda node, path: int8_dynamic.quantize(
@@ -260,15 +324,13 @@ class Search:
         float_model = tables.path if tables.count and not tables.needs_fold else smoothed.path
         config = replace(int8_dynamic.configure(self.ctx), op_types=("MatMul", "Gemm"), per_channel=True)
         name = "dynamic-int8-smoothed"
-        out = int8_dynamic.quantize(float_model, self.ctx.path(f"cand-{name}.onnx"), config)
-        cand = Candidate(
+        cand = self._build(
             name,
-            out,
             "int8",
             "dynamic int8 MatMul/Gemm on smoothed activations, per-channel weights"
             + (", embedding tables int8 per row" if float_model == tables.path else ""),
+            lambda: int8_dynamic.quantize(float_model, self.ctx.path(f"cand-{name}.onnx"), config),
         )
-        self._add(cand)
         self.float_models[name] = float_model
         self.makers[name] = (
             lambda excl, path: int8_dynamic.quantize(
@@ -314,7 +376,11 @@ class Search:
             if not self.budget_ok(f"back-off of {failed.name}"):
                 break
             excluded = tuple(worst[:k])
-            out = make(excluded, self.ctx.path(f"cand-{failed.name}-x{k}.onnx"))
+            try:
+                out = make(excluded, self.ctx.path(f"cand-{failed.name}-x{k}.onnx"))
+            except ConversionError as exc:
+                self.ctx.record("search", f"{failed.name}: no back-off with {k} float nodes", str(exc))
+                continue
             cand = Candidate(
                 f"{failed.name}-float{k}",
                 out,
@@ -386,35 +452,42 @@ class Search:
             return bool(passing)
         sessions = {"source": make_session(self.source, self.ctx.threads)}
         sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
-        latency = compare_latency(sessions, self.data.first(), rounds=10)
+        latency = compare_latency(sessions, self.data.first(), rounds=10, seconds_per_model=0.1)
         return any(latency.ratio(c.name, "source") < 1 - CLEAR_WIN for c in passing)
 
     def race(self) -> Candidate:
         passing = [c for c in self.candidates if c.verdict == "fidelity ok"]
-        sessions = {"source": make_session(self.source, self.ctx.threads)}
+        sessions = {
+            "source": make_session(self.source, self.ctx.threads),
+            SOURCE_AGAIN: make_session(self.source, self.ctx.threads),
+        }
         sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
         log.info("measuring host latency of %d candidates against the source", len(passing))
-        latency = compare_latency(sessions, self.data.first(), seconds_per_model=RACE_SECONDS)
-        fp32 = next((c for c in passing if c.name == "fp32"), None)
-        if fp32 is not None and latency.ratio("fp32", "source") > 1 + NOISE:
-            # the cleaned fp32 graph cannot really be slower than its source: the host was busy.
-            log.info(
-                "latency looked noisy (fp32 at %.2fx the source); measuring again",
-                latency.ratio("fp32", "source"),
-            )
-            latency = compare_latency(
-                sessions, self.data.first(), rounds=60, seconds_per_model=2 * RACE_SECONDS
-            )
+        latency = compare_latency(
+            sessions, self.data.first(), seconds_per_model=RACE_SECONDS, aa=("source", SOURCE_AGAIN)
+        )
+        self.ctx.record(
+            "search",
+            f"latency noise {latency.noise:.3f}",
+            "two sessions of the source raced each other (A/A): differences below this are noise",
+            source_ms=_round(latency.median("source")),
+            source_again_ms=_round(latency.median(SOURCE_AGAIN)),
+        )
         for c in passing:
             c.latency_ms = latency.median(c.name)
             c.latency_ratio = latency.ratio(c.name, "source")
-            if self.gate_latency and c.latency_ratio > 1 + NOISE:
-                c.verdict = f"rejected: {c.latency_ratio:.2f}x the source's latency"
+            if self.gate_latency and latency.slower(c.name, "source"):
+                c.verdict = (
+                    f"rejected: {c.latency_ratio:.3f}x the source's latency"
+                    f" (noise ±{latency.margin(c.name, 'source'):.3f})"
+                )
             else:
                 c.verdict = "eligible"
         eligible = [c for c in passing if c.verdict == "eligible"]
-        if not eligible:  # only possible when fp32 itself is slower than the source beyond noise
-            eligible = [min(passing, key=lambda c: c.latency_ratio or 1e9)]
+        if not eligible:  # only when even the source graph failed the bar (a pruned base): the fastest
+            eligible = [min(passing, key=lambda c: c.latency_ratio or 1e9)] if passing else []
+        if not eligible:
+            raise ConversionError("no candidate could be measured, not even the source graph")
         # a fleet downloads every update: models over 1 MB should at least halve, if any candidate can.
         source_size = self.source.stat().st_size
         halved = [
@@ -422,9 +495,23 @@ class Search:
         ]
         pool = halved or eligible
         fastest = min(c.latency_ratio or 1.0 for c in pool)
-        close = [c for c in pool if (c.latency_ratio or 1.0) <= fastest + NOISE]
-        chosen = min(close, key=lambda c: (c.size_bytes, c.latency_ratio or 1.0))
+        # "as fast" when choosing among accepted candidates: the best guess is the measured ratio, so
+        # a busy host's large noise must not make a 0.80x and a 0.85x candidate equal.
+        margin = min(latency.noise, TIE)
+        # sizes within a few percent of the source's bytes count as equal: then the faster one wins.
+        size_step = max(1, int(SIZE_TIE * source_size))
+
+        def preference(c: Candidate) -> tuple[bool, bool, int, float]:
+            ratio = c.latency_ratio or 1.0
+            return (c not in pool, ratio > fastest + margin, c.size_bytes // size_step, ratio)
+
+        ranked = sorted(eligible, key=preference)
+        chosen = ranked[0]
         chosen.verdict = "chosen"
+        # what the final validation falls back on if the chosen one measures slower there.
+        self.ctx.alternatives = [
+            Alternative(c.name, c.path, c.precision, dict(c.session_config), c.description) for c in ranked
+        ]
         self.source_latency_ms = latency.median("source")
         return chosen
 
@@ -433,8 +520,9 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
     """The int8-selective search over the candidates the profile's scheme allows."""
     scheme = ctx.profile.quantization.scheme
     s = Search(ctx, base, source, gate_latency)
+    s.source_graph()
     s.fp32()
-    s.weight_only()
+    _guarded(ctx, "weight-only int8", s.weight_only)
     # plain int8-compute candidates first: on many models one of them already meets the bar.
     plain: list[Candidate] = []
     if scheme in ("int8-selective", "int8-static") and s.budget_ok("static int8"):
@@ -454,7 +542,11 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
         and s.budget_ok("dynamic int8")
     ):
         plain.append(s.dynamic())
-        smoothed = s.dynamic_smoothed() if s.budget_ok("smoothed dynamic int8") else None
+        smoothed = (
+            _guarded(ctx, "smoothed dynamic int8", s.dynamic_smoothed)
+            if s.budget_ok("smoothed dynamic int8")
+            else None
+        )
         plain += [smoothed] if smoothed else []
     # back off (sensitive nodes in float) while no int8-compute candidate that passed is faster than
     # the source; the candidate closest to the bar first, where a few float nodes can fix it.
@@ -467,10 +559,11 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
         if _score(cand) < HOPELESS:
             ctx.record("search", f"no back-off for {cand.name}", f"{cand.verdict}: too far below the bar")
             continue
-        found = s.back_off(cand) if s.budget_ok(f"back-off of {cand.name}") else None
-        backed += [found] if found else []
+        if s.budget_ok(f"back-off of {cand.name}"):
+            found = _guarded(ctx, f"back-off of {cand.name}", functools.partial(s.back_off, cand))
+            backed += [found] if found else []
     for cand in backed:
-        s.combined(cand)
+        _guarded(ctx, f"{cand.name} with int8-stored weights", functools.partial(s.combined, cand))
     chosen = s.race()
     for c in s.candidates:
         ctx.record(
@@ -485,11 +578,21 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
         )
     ctx.findings.candidates = [c.row() for c in s.candidates]
     shown = next((c for c in s.candidates if c.name in ("static-int8", "dynamic-int8")), None)
-    if shown is not None and s.budget_ok("sensitivity chart"):
-        ranking = s.ranking(shown)
-        ctx.findings.sensitivity = dict(ranking.loss)
-        ctx.findings.sensitivity_metric = f"{shown.name}: {ranking.metric}"
+    if shown is not None and shown.fidelity is not None and s.budget_ok("sensitivity chart"):
+        ranking = _guarded(ctx, "sensitivity chart", lambda: s.ranking(shown))
+        if ranking is not None:
+            ctx.findings.sensitivity = dict(ranking.loss)
+            ctx.findings.sensitivity_metric = f"{shown.name}: {ranking.metric}"
     return SearchResult(chosen, s.candidates, s.rankings)
+
+
+def _guarded(ctx: PassContext, what: str, step: Callable[[], T]) -> T | None:
+    """Run one search step; if ONNX Runtime or a quantizer fails inside it, record that and go on."""
+    try:
+        return step()
+    except ConversionError as exc:
+        ctx.record("search", f"{what} failed", str(exc))
+        return None
 
 
 def _score(cand: Candidate) -> float:

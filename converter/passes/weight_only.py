@@ -38,6 +38,10 @@ class Config:
     #: (token types, positions of short inputs) is read by every token, so its rounding error
     #: becomes a bias on everything (measured: 0.0005 of cosine on a sentence-embedding model).
     min_table_elements: int = 16384
+    #: row-gathered tables as int8 rows scaled after the Gather (nothing materialized at load, but
+    #: three more node calls per call); False: DequantizeLinear like other weights, folded at load,
+    #: so the loaded graph is the fp32 one (what a model dominated by per-call overhead needs).
+    row_gather_tables: bool = True
 
 
 def configure(ctx: PassContext) -> Config:
@@ -66,6 +70,8 @@ class Quantized(NamedTuple):
     count: int
     #: True when DequantizeLinear nodes were added: run with SESSION_CONFIG so they fold at load.
     needs_fold: bool
+    #: how many of them are row-gathered tables (int8 whichever way they are stored).
+    tables: int = 0
 
 
 def _per_channel_error(weights: np.ndarray, axis: int | None) -> float:
@@ -145,7 +151,7 @@ def quantize(src: Path, out: Path, config: Config) -> Quantized:
             continue
         if name in tables and weights.size < config.min_table_elements:
             continue
-        if name in tables:
+        if name in tables and config.row_gather_tables:
             _gather_then_scale(graph, inits[name], weights, tables[name])
             count += 1
             continue
@@ -188,7 +194,8 @@ def quantize(src: Path, out: Path, config: Config) -> Quantized:
     if new_nodes and opset < 10:
         raise ConversionError(f"weight-only int8 needs opset 10 or later (model has {opset})")
     onnx.save_model(model, str(out))
-    return Quantized(out, count, bool(new_nodes))
+    stored = sum(1 for name in tables if name in axes and inits[name] not in graph.initializer)
+    return Quantized(out, count, bool(new_nodes), stored)
 
 
 def _row_gathered(graph: Any, names: set[str]) -> dict[str, list[Any]]:

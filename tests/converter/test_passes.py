@@ -65,7 +65,7 @@ def _run(path: Path, data: Dataset, config: dict[str, str] | None = None) -> np.
 
 
 def test_weight_only_int8_is_a_quarter_of_the_bytes_and_folds_back_to_fp32(cnn: Path, tmp_path: Path) -> None:
-    out, count, needs_fold = weight_only.quantize(cnn, tmp_path / "wo.onnx", weight_only.Config())
+    out, count, needs_fold, _ = weight_only.quantize(cnn, tmp_path / "wo.onnx", weight_only.Config())
     assert count == 5 and needs_fold  # 3 Conv + 2 Gemm weights
     assert out.stat().st_size < 0.3 * cnn.stat().st_size
     # with the session config the agent applies, ORT folds DequantizeLinear away at load time
@@ -150,7 +150,7 @@ def test_embedding_tables_gather_int8_rows_without_session_options(tmp_path: Pat
         models.tiny_encoder(), (torch.randint(0, 1000, (1, 8)),), tmp_path / "enc.onnx", ["ids"]
     )
     only_gather = weight_only.Config(op_types=("Gather",))
-    out, count, needs_fold = weight_only.quantize(path, tmp_path / "emb.onnx", only_gather)
+    out, count, needs_fold, _ = weight_only.quantize(path, tmp_path / "emb.onnx", only_gather)
     assert count == 1 and not needs_fold
     ids = np.random.default_rng(0).integers(0, 1000, (4, 8))
     ref = make_session(path, 1).run(None, {"ids": ids})[0]
@@ -158,3 +158,24 @@ def test_embedding_tables_gather_int8_rows_without_session_options(tmp_path: Pat
     cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     assert cos.min() > 0.9999
     assert out.stat().st_size < path.stat().st_size - 0.7 * 1000 * 256 * 4  # the fp32 table is gone
+
+
+def test_embedding_tables_can_be_stored_for_folding_at_load_instead(tmp_path: Path) -> None:
+    """The folded form: DequantizeLinear of the whole table, so the loaded graph is the fp32 graph."""
+    path = models.export(
+        models.tiny_encoder(), (torch.randint(0, 1000, (1, 8)),), tmp_path / "enc.onnx", ["ids"]
+    )
+    folded = weight_only.Config(op_types=("Gather",), row_gather_tables=False)
+    result = weight_only.quantize(path, tmp_path / "emb.onnx", folded)
+    assert result.count == 1 and result.needs_fold and result.tables == 1
+    ops = Counter(n.op_type for n in onnx.load(str(result.path)).graph.node)
+    assert (
+        ops["DequantizeLinear"] == 1
+        and ops["Cast"] == Counter(n.op_type for n in onnx.load(str(path)).graph.node)["Cast"]
+    )
+    ids = np.random.default_rng(0).integers(0, 1000, (4, 8))
+    ref = make_session(path, 1).run(None, {"ids": ids})[0]
+    got = make_session(result.path, 1, weight_only.SESSION_CONFIG).run(None, {"ids": ids})[0]
+    cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    assert cos.min() > 0.9999
+    assert result.path.stat().st_size < path.stat().st_size - 0.7 * 1000 * 256 * 4
