@@ -216,3 +216,21 @@ def test_a_text_model_dominated_by_per_call_overhead_still_halves_its_bytes(
         d for d in result.manifest.decisions if d.step == "validate" and d.choice.startswith("measured")
     )
     assert checked.measured["latency_vs_source"] <= 1 + checked.measured["latency_noise"]
+
+
+# ---------------------------------------------------------------- 4. cheaper variants race too
+def test_a_per_channel_profile_also_races_dynamic_int8_with_one_scale_per_weight(
+    tmp_path: Path, sign_key: Path
+) -> None:
+    """Per-channel dynamic MatMuls cost more per call; the coarser variant must get its chance."""
+    assert load_profile("x86-server").quantization.per_channel
+    src = models.tiny_mlp(tmp_path / "mlp.onnx")
+    result = _convert(src, _mlp_data(), tmp_path / "out", sign_key)
+    assert {"dynamic-int8", "dynamic-int8-per-tensor"} <= _candidates(result).keys()
+    # built, loaded and measured like every other candidate (whatever its verdict on this tiny model)
+    (measured,) = [
+        d.measured
+        for d in result.manifest.decisions
+        if d.step == "quantize-candidate" and d.choice.startswith("dynamic-int8-per-tensor:")
+    ]
+    assert measured["latency_ms"] > 0 and measured["fidelity"]["cosine"] > 0.99
