@@ -92,6 +92,18 @@ class Candidate:
         """0 for a candidate whose file was never written (its maker failed)."""
         return self.path.stat().st_size if self.path.exists() else 0
 
+    def record(self, ctx: PassContext, step: str, **measured: object) -> None:
+        """One decision (``name: verdict`` with size and fidelity) and one report row for this candidate."""
+        ctx.record(
+            step,
+            f"{self.name}: {self.verdict}",
+            self.description,
+            size_bytes=self.size_bytes,
+            fidelity=self.fidelity.as_dict() if self.fidelity else None,
+            **measured,
+        )
+        ctx.findings.candidates.append(self.row())
+
     def row(self) -> dict[str, object]:
         return {
             "name": self.name,
@@ -577,17 +589,13 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
         _guarded(ctx, f"{cand.name} with int8-stored weights", functools.partial(s.combined, cand))
     chosen = s.race()
     for c in s.candidates:
-        ctx.record(
+        c.record(
+            ctx,
             "quantize-candidate",
-            f"{c.name}: {c.verdict}",
-            c.description,
-            size_bytes=c.size_bytes,
             latency_ms=_round(c.latency_ms),
             latency_vs_source=_round(c.latency_ratio),
-            fidelity=c.fidelity.as_dict() if c.fidelity else None,
             accuracy=c.accuracy,
         )
-    ctx.findings.candidates = [c.row() for c in s.candidates]
     shown = next((c for c in s.candidates if c.name in ("static-int8", "dynamic-int8")), None)
     if shown is not None and shown.fidelity is not None and s.budget_ok("sensitivity chart"):
         ranking = _guarded(ctx, "sensitivity chart", lambda: s.ranking(shown))

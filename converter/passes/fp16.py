@@ -71,14 +71,7 @@ def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact
             name, out, "fp16", f"fp16 weights and activations, fp32 I/O; fp32 ops: {list(block) or 'default'}"
         )
         ok = judge.check(cand)
-        ctx.record(
-            "fp16",
-            f"{name}: {cand.verdict}",
-            cand.description,
-            size_bytes=cand.size_bytes,
-            fidelity=cand.fidelity.as_dict() if cand.fidelity else None,
-        )
-        ctx.findings.candidates.append(cand.row())
+        cand.record(ctx, "fp16")
         if ok:
             return model.with_onnx(out, precision="fp16", session_config={})
     ctx.record("fp16", "kept fp32", "no fp16 variant met the fidelity bar")

@@ -94,15 +94,7 @@ def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact
             if ok := judge.check(cand):
                 break
     for c in attempts:
-        ctx.record(
-            "qnn",
-            f"{c.name}: {c.verdict}",
-            c.description,
-            size_bytes=c.size_bytes,
-            fidelity=c.fidelity.as_dict() if c.fidelity else None,
-            excluded=list(c.excluded),
-        )
-        ctx.findings.candidates.append(c.row())
+        c.record(ctx, "qnn", excluded=list(c.excluded))
     if ok:
         return model.with_onnx(cand.path, precision="uint8", session_config={})
     ctx.record("qnn", "kept fp32", "no QNN QDQ variant met the fidelity bar")
