@@ -38,10 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from sdk.topics import topic  # noqa: E402
 from tests.support.bundles import make_bundle  # noqa: E402
+from tests.support.fleet_proc import BIN, admin_token, serve_args, wait_http  # noqa: E402
 from tests.support.mosquitto import free_port, run_mosquitto  # noqa: E402
-
-BIN = Path(sys.executable).with_name("edge-fleet")
-
 
 # ------------------------------------------------------------------------------ MQTT packets
 
@@ -281,18 +279,6 @@ def counter(url: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up")
-
-
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     total = t.user + t.system
@@ -357,36 +343,16 @@ def bench_fleet(
     key = keys.generate_key()
     keys.save_keypair(key, work / "keys" / "signing")
     db = args.db or f"sqlite:///{work / 'fleet.db'}"
-    token = subprocess.run(
-        [str(BIN), "token", "create", "--role", "admin", "--db", db],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[-1]
+    token = admin_token(db)
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}"
     proc = subprocess.Popen(
-        [
-            str(BIN),
-            "serve",
-            "--db",
-            db,
-            "--broker",
-            broker_url,
-            "--storage",
-            str(work / "store"),
-            "--trust-key",
-            str(work / "keys" / "signing.pub"),
-            "--listen",
-            f"127.0.0.1:{http_port}",
-            "--controller-interval",
-            "0.2",
-        ],
+        [str(BIN), *serve_args(work, db, broker_url, "--listen", f"127.0.0.1:{http_port}")],
         stdout=subprocess.DEVNULL,
         stderr=open(work / "fleet.log", "wb"),  # noqa: SIM115
     )
     try:
-        wait_http(url)
+        wait_http(url, proc, work / "fleet.log", timeout=60)
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         ids = [f"dev-{i:05d}" for i in range(args.devices)]
         register(api, ids)
@@ -441,7 +407,7 @@ def bench_amqtt(work: Path, n: int, rates: list[float], seconds: float) -> list[
     )
     rows = []
     try:
-        wait_http(url)
+        wait_http(url, proc, work / "up.log", timeout=60)
         assert proc.stdout is not None
         token = ""
         while not token.startswith("ef_"):
