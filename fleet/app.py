@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet.api.docs import add_docs
-from fleet.api.routes import bundles, devices, rollouts, tokens
+from fleet.api.routes import audit, bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
 from fleet.db.session import Database, migrate
 from fleet.ingest import Ingest
@@ -144,7 +144,7 @@ def create_app(
     )
     _error_handlers(app)
     add_docs(app, "/api/v1/openapi.json")
-    for module in (devices, bundles, rollouts, tokens):
+    for module in (devices, bundles, rollouts, tokens, audit):
         app.include_router(module.router, prefix="/api/v1")
 
     @app.get("/healthz", include_in_schema=False)

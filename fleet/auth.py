@@ -11,12 +11,16 @@ import hmac
 import logging
 import os
 import secrets
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet.db.models import Token
+from fleet.db.models import Device, Token
+from fleet.db.session import get_existing
 from sdk.errors import AuthError
 from sdk.fsio import write_atomic
 
@@ -37,7 +41,12 @@ def new_secret() -> str:
 
 
 def create_token(
-    session: Session, role: Role, *, device_id: str | None = None, name: str | None = None
+    session: Session,
+    role: Role,
+    *,
+    device_id: str | None = None,
+    name: str | None = None,
+    expires_at: float | None = None,
 ) -> str:
     """Store a new token and return its plaintext (shown once)."""
     if role not in ROLES:
@@ -45,19 +54,83 @@ def create_token(
     token_id = secrets.token_hex(8)
     secret = new_secret()
     session.add(
-        Token(id=token_id, role=role, secret_sha256=sha256_hex(secret), device_id=device_id, name=name)
+        Token(
+            id=token_id,
+            role=role,
+            secret_sha256=sha256_hex(secret),
+            device_id=device_id,
+            name=name,
+            expires_at=expires_at,
+        )
     )
     return f"ef_{token_id}_{secret}"
 
 
-def check_token(session: Session, plaintext: str) -> Token:
+def token_id_of(plaintext: str) -> str:
+    return plaintext.split("_", 2)[1]
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_token(session: Session, plaintext: str, *, now: float | None = None) -> Token:
+    """The stored token for ``plaintext``; :class:`AuthError` if it is unknown, wrong, revoked or expired.
+
+    Why a token is refused is said only to a caller that holds its secret.
+    """
     parts = plaintext.split("_", 2)
     if len(parts) != 3 or parts[0] != "ef":
         raise AuthError("malformed token")
     token = session.get(Token, parts[1])
-    if token is None or token.revoked or not hmac.compare_digest(token.secret_sha256, sha256_hex(parts[2])):
+    if token is None or not hmac.compare_digest(token.secret_sha256, sha256_hex(parts[2])):
         raise AuthError("invalid or revoked token")
+    if token.revoked:
+        raise AuthError(f"token {token.id} was revoked")
+    if token.expires_at is not None and token.expires_at <= (time.time() if now is None else now):
+        raise AuthError(f"token {token.id} expired at {_utc(token.expires_at)}")
+    # Belt and braces: decommissioning revokes a device's tokens, but a token of a device that is
+    # gone must never authenticate (nor be inherited by a device registered again under its id).
+    if token.role == "device" and (token.device_id is None or session.get(Device, token.device_id) is None):
+        raise AuthError(f"token {token.id} belongs to device {token.device_id}, which is not registered")
     return token
+
+
+def list_tokens(
+    session: Session,
+    *,
+    device_id: str | None = None,
+    role: str | None = None,
+    include_revoked: bool = True,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[Token]:
+    query = select(Token).order_by(Token.created_at, Token.id)
+    if device_id is not None:
+        query = query.where(Token.device_id == device_id)
+    if role is not None:
+        query = query.where(Token.role == role)
+    if not include_revoked:
+        query = query.where(Token.revoked.is_(False))
+    return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def revoke(session: Session, token_id: str) -> Token:
+    """Revoke one token (a no-op on a revoked one); every later check refuses it."""
+    token = get_existing(session, Token, token_id, "token")
+    if not token.revoked:
+        token.revoked, token.revoked_at = True, time.time()
+    return token
+
+
+def revoke_device_tokens(session: Session, device_id: str) -> list[str]:
+    """Revoke every token of ``device_id``; returns their ids."""
+    tokens = session.scalars(
+        select(Token).where(Token.device_id == device_id, Token.revoked.is_(False))
+    ).all()
+    for token in tokens:
+        token.revoked, token.revoked_at = True, time.time()
+    return [t.id for t in tokens]
 
 
 def kept_admin_token(session: Session, path: Path) -> tuple[str, bool]:

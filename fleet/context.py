@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from fleet.api.failures import AuthFailures
 from fleet.db.session import Database
 from fleet.devices import BrokerAccounts, NoBrokerAccounts
 from fleet.metrics import FleetMetrics
@@ -32,8 +33,15 @@ class FleetContext:
     mqtt: FleetMqtt | None = None
     controller: RolloutController | None = None
     accounts: BrokerAccounts = field(default_factory=NoBrokerAccounts)
+    #: wrong-token guesses per client address (``deps.get_token`` answers 429 past the limit).
+    auth_failures: AuthFailures = field(init=False)
     _published: dict[str, int] = field(default_factory=dict)
     _published_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.auth_failures = AuthFailures(
+            self.settings.auth_failures_max, self.settings.auth_failures_window_s
+        )
 
     def publish_desired(self, device_id: str, message: DesiredState) -> None:
         """Send a device its desired state (QoS 1, retained), after the database has it.

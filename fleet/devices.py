@@ -1,16 +1,17 @@
-"""Device registry: register (with credentials), list, update, health."""
+"""Device registry: register (with credentials), list, update, decommission, health."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet import auth
-from fleet.db.models import Device, EventRecord, TelemetrySample
+from fleet.db.models import Device, EventRecord, RolloutDevice, TelemetrySample
 from fleet.db.session import get_existing
 from fleet.schemas import DeviceCreate, DeviceHealth, DeviceUpdate
 from fleet.settings import FleetSettings
@@ -42,6 +43,8 @@ def register(
     device_id = data.device_id or f"dev-{secrets.token_hex(6)}"
     if session.get(Device, device_id) is not None:
         raise ConflictError(f"device {device_id} is already registered")
+    # Registered again under an old id: it never inherits a token of the device that had it.
+    auth.revoke_device_tokens(session, device_id)
     password = auth.new_secret()
     session.add(
         Device(
@@ -91,10 +94,30 @@ def update(session: Session, device_id: str, data: DeviceUpdate) -> Device:
     return device
 
 
-def delete(session: Session, device_id: str, accounts: BrokerAccounts) -> None:
+@dataclass(frozen=True)
+class Decommissioned:
+    revoked_tokens: list[str]
+    #: the rollouts the device was taken out of (its progress rows there are gone with it).
+    rollouts: list[str]
+
+
+def delete(session: Session, device_id: str, accounts: BrokerAccounts) -> Decommissioned:
+    """Decommission: the device, its tokens, its rollout progress and its broker account go.
+
+    The broker account goes last, once the database accepted the rest: if the broker cannot be
+    reached the whole call fails and the device stays (it is never half decommissioned with a
+    working broker login).
+    """
     device = get(session, device_id)
+    revoked = auth.revoke_device_tokens(session, device_id)
+    progress = session.scalars(select(RolloutDevice).where(RolloutDevice.device_id == device_id)).all()
+    for rd in progress:
+        session.delete(rd)
+    session.flush()  # before the device: the tables have no ORM relationship to order the deletes
     session.delete(device)
+    session.flush()
     accounts.remove_device(device_id)
+    return Decommissioned(revoked, sorted(rd.rollout_id for rd in progress))
 
 
 def health(session: Session, device_id: str, window_s: float = 300.0) -> DeviceHealth:

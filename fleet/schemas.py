@@ -175,9 +175,58 @@ class RolloutDetail(RolloutPublic):
 class TokenCreate(_In):
     role: str
     name: str | None = None
+    #: for ``role: device``: the registered device the token belongs to (a replacement token).
+    device_id: str | None = None
+    #: seconds from now, or a unix time, after which the token is refused (neither: never).
+    expires_in: float | None = Field(None, gt=0)
+    expires_at: float | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> TokenCreate:
+        if self.expires_in is not None and self.expires_at is not None:
+            raise ValueError("give expires_in or expires_at, not both")
+        return self
 
 
 class TokenCreated(BaseModel):
     id: str
     role: str
     token: str
+    device_id: str | None = None
+    expires_at: float | None = None
+
+
+class TokenPublic(_Out):
+    """A token without its secret."""
+
+    id: str
+    role: str
+    device_id: str | None
+    name: str | None
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+    revoked_at: float | None
+
+
+# -------------------------------------------------------------------------------------------- audit
+
+
+class AuditEntry(_Out):
+    id: int
+    time: float
+    action: str
+    target: str | None
+    actor_token_id: str | None
+    actor_role: str | None
+    actor_device_id: str | None
+    actor_name: str | None
+    address: str | None
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    """Newest first; ``next_before_id`` (when set) asks for the next, older page."""
+
+    entries: list[AuditEntry]
+    next_before_id: int | None

@@ -61,6 +61,10 @@ class FleetSettings(BaseSettings):
     ingest_max_wait_s: float = 0.2
     #: telemetry rows older than this are deleted (0 keeps everything).
     telemetry_retention_s: float = 7 * 24 * 3600
+    #: this many wrong or refused tokens from one client address within the window refuse that
+    #: address for the next window (429 with Retry-After, and a WARNING naming it).
+    auth_failures_max: int = Field(20, ge=1)
+    auth_failures_window_s: float = Field(60.0, gt=0)
 
     def base_url(self) -> str:
         if self.public_url:

@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
 
 from fleet import auth
+from fleet.audit import Actor
 from fleet.context import FleetContext
 from fleet.db.models import Token
 from fleet.errors import ForbiddenError
@@ -35,16 +37,43 @@ def get_session(ctx: ContextDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 def get_token(
-    ctx: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    ctx: ContextDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Token:
     if credentials is None:
         raise AuthError("missing Authorization: Bearer TOKEN")
-    with ctx.db.session() as s:
-        return auth.check_token(s, credentials.credentials)
+    address = client_address(request)
+    wait = ctx.auth_failures.retry_after(address)
+    if wait is not None:
+        # Not checked at all while refused: a guesser learns nothing from the answer.
+        raise HTTPException(
+            429,
+            f"too many wrong tokens from {address}; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    try:
+        with ctx.db.session() as s:
+            return auth.check_token(s, credentials.credentials)
+    except AuthError:
+        ctx.auth_failures.failed(address)
+        raise
 
 
 TokenDep = Annotated[Token, Depends(get_token)]
+
+
+def get_actor(request: Request, token: TokenDep) -> Actor:
+    """Who makes this request, for the audit log (the token is checked once per request)."""
+    return Actor.of_token(token, client_address(request))
+
+
+ActorDep = Annotated[Actor, Depends(get_actor)]
 
 
 def require(role: auth.Role) -> Callable[[Token], Token]:

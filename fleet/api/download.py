@@ -3,6 +3,9 @@
 Devices resume a cut download with ``Range: bytes=N-`` (206 + ``Content-Range``). Anything this
 does not serve as a range (several ranges, another unit, a syntax error) gets the whole file (200),
 which RFC 9110 allows and the agent handles; a range past the end is 416.
+
+A device token downloads only what the fleet's own record of that device's desired state names
+(:func:`check_device_may_download`); what the device says it wants is not asked.
 """
 
 from __future__ import annotations
@@ -10,9 +13,28 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
+from fleet.db.models import Bundle, Device, Token
+from fleet.errors import ForbiddenError
 from fleet.storage import BundleStorage
+
+
+def check_device_may_download(session: Session, token: Token, bundle: Bundle) -> None:
+    """403 unless ``token`` is not a device's, or its device's current desired state names ``bundle``.
+
+    Matched by sha256: two bundles with one digest are one file (and one name, version and profile).
+    """
+    if token.role != "device":
+        return
+    device = session.get(Device, token.device_id) if token.device_id else None
+    named = device is not None and any(m.get("sha256") == bundle.sha256 for m in device.desired_models)
+    if not named:
+        raise ForbiddenError(
+            f"bundle {bundle.id} is not in the desired state of device {token.device_id}; "
+            "a device token downloads only the bundles its rollouts gave it"
+        )
 
 
 class RangeNotSatisfiable(Exception):

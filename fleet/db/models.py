@@ -40,6 +40,9 @@ class Token(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: unix time after which the token is refused (None: never expires).
+    expires_at: Mapped[float | None] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Device(Base):
@@ -165,3 +168,26 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditRecord(Base):
+    """One change made through the API or the CLI: who, what, when, from where (``fleet.audit``)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_time", "time"), Index("ix_audit_log_actor", "actor_token_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float, default=now)
+    #: ``device.register``, ``token.revoke``, ... (``fleet.audit.Action``).
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    #: the id of what changed (a device, bundle, rollout or token id).
+    target: Mapped[str | None] = mapped_column(String(128))
+    #: the token used (None for the CLI, which works on the database directly).
+    actor_token_id: Mapped[str | None] = mapped_column(String(32))
+    actor_role: Mapped[str | None] = mapped_column(String(16))
+    actor_device_id: Mapped[str | None] = mapped_column(String(128))
+    #: the token's name, or the local user for the CLI.
+    actor_name: Mapped[str | None] = mapped_column(String(200))
+    #: the client's address as the server saw it, or ``local`` for the CLI.
+    address: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -82,6 +82,12 @@ def test_upload_verifies_against_trusted_keys(fleet: Fleet, tmp_path: Path) -> N
 def test_download_with_device_token_and_range_resume(fleet: Fleet) -> None:
     b = fleet.upload()
     creds = fleet.register("cam-1")
+    # a device token downloads only what its desired state names: a rollout gives it the bundle
+    assert (
+        fleet.client.post("/api/v1/rollouts", json={"bundle_id": b["id"]}, headers=fleet.admin).status_code
+        == 201
+    )
+    fleet.ctx.controller.tick()  # type: ignore[union-attr]
     auth = {"Authorization": f"Bearer {creds['token']}"}
     url = f"/api/v1/bundles/{b['id']}/download"
     assert fleet.client.get(url).status_code == 401

@@ -35,6 +35,7 @@ from tests.support.bundles import make_bundle
 from tests.support.fleet_proc import BIN, admin_token, run_fleet, serve_args
 from tests.support.mosquitto import free_port
 from tests.support.s3 import S3Server, run_s3
+from tests.support.waiting import wait_until
 
 _OTHER_AWS = (
     "AWS_PROFILE",
@@ -156,6 +157,9 @@ def test_big_bundle_goes_up_in_parts_and_comes_down_in_ranges(
     assert not list((tmp_path / "stage").iterdir())
 
     token = client.post("/api/v1/devices", json={"device_id": "cam-1"}, headers=admin).json()["token"]
+    # a device token downloads only what its desired state names: a rollout gives it the bundle
+    assert client.post("/api/v1/rollouts", json={"bundle_id": b["id"]}, headers=admin).status_code == 201
+    ctx.controller.tick()
     device = {"Authorization": f"Bearer {token}"}
     url = f"/api/v1/bundles/{b['id']}/download"
     full = client.get(url, headers=device)
@@ -252,6 +256,10 @@ def test_serve_on_s3_device_downloads_its_bundle(
         api = httpx.Client(base_url=fleet.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         b = upload(api, make_bundle(tmp_path / "src", signing_key), {})
         creds = api.post("/api/v1/devices", json={"device_id": "edge-1"}).json()
+        assert api.post("/api/v1/rollouts", json={"bundle_id": b["id"]}).status_code == 201
+        wait_until(
+            lambda: api.get("/api/v1/devices/edge-1").json()["desired_models"], what="the desired state"
+        )
         listed = s3.client().list_objects_v2(Bucket=bucket, Prefix="prod/bundles/")["Contents"]
         assert [o["Size"] for o in listed] == [b["size"]]
         first = api.get(f"/api/v1/bundles/{b['id']}/download", follow_redirects=False)

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from fleet import bundles
-from fleet.api.deps import ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
-from fleet.api.download import bundle_response
+from fleet import audit, bundles
+from fleet.api.deps import ActorDep, ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
+from fleet.api.download import bundle_response, check_device_may_download
 from fleet.context import FleetContext
 from fleet.errors import PayloadTooLargeError
 from fleet.schemas import BundleDetail, BundlePublic
@@ -21,7 +21,7 @@ _CHUNK = 1024 * 1024
 
 
 @router.post("", response_model=BundlePublic, status_code=201)
-async def upload_bundle(file: UploadFile, ctx: ContextDep, _: OperatorDep) -> BundlePublic:
+async def upload_bundle(file: UploadFile, ctx: ContextDep, actor: ActorDep, _: OperatorDep) -> BundlePublic:
     """Upload an ``.efb``; its signature must verify against one of the fleet's trusted keys."""
     staged = ctx.storage.staging_path(f"{secrets.token_hex(8)}.efb")
     limit = int(ctx.settings.max_bundle_mb * 1024 * 1024)
@@ -40,12 +40,22 @@ async def upload_bundle(file: UploadFile, ctx: ContextDep, _: OperatorDep) -> Bu
         raise
     # Verifying and storing (an S3 upload of gigabytes) blocks: off the event loop, so the
     # replica keeps serving everything else meanwhile.
-    return await run_in_threadpool(_store, ctx, staged)
+    return await run_in_threadpool(_store, ctx, staged, actor)
 
 
-def _store(ctx: FleetContext, staged: Path) -> BundlePublic:
+def _store(ctx: FleetContext, staged: Path, actor: audit.Actor) -> BundlePublic:
     with ctx.db.session() as session:
         bundle = bundles.store_upload(session, ctx.storage, staged, ctx.trusted_keys)
+        audit.record(
+            session,
+            actor,
+            audit.Action.BUNDLE_UPLOAD,
+            bundle.id,
+            name=bundle.name,
+            version=bundle.version,
+            profile=bundle.profile,
+            sha256=bundle.sha256,
+        )
         return BundlePublic.model_validate(bundle)
 
 
@@ -70,10 +80,13 @@ def get_bundle(bundle_id: str, session: SessionDep, _: ViewerDep) -> BundleDetai
     },
 )
 def download_bundle(
-    bundle_id: str, request: Request, session: SessionDep, ctx: ContextDep, _: DeviceOrViewerDep
+    bundle_id: str, request: Request, session: SessionDep, ctx: ContextDep, token: DeviceOrViewerDep
 ) -> Response:
-    """The ``.efb`` file; honours ``Range: bytes=N-`` (206) so a cut download resumes."""
+    """The ``.efb`` file; honours ``Range: bytes=N-`` (206) so a cut download resumes.
+
+    A device token gets only the bundles its device's desired state names (403 otherwise)."""
     bundle = bundles.get(session, bundle_id)
+    check_device_may_download(session, token, bundle)
     filename = f"{bundle.name}-{bundle.version}-{bundle.profile}.efb"
     direct = ctx.storage.download_url(bundle.storage_key, filename)
     if direct is not None:

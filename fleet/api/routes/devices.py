@@ -6,8 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from fleet import devices
-from fleet.api.deps import AdminDep, ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
+from fleet import audit, devices
+from fleet.api.deps import (
+    ActorDep,
+    AdminDep,
+    ContextDep,
+    DeviceOrViewerDep,
+    OperatorDep,
+    SessionDep,
+    ViewerDep,
+)
 from fleet.errors import ForbiddenError
 from fleet.schemas import DeviceCreate, DeviceHealth, DevicePublic, DeviceUpdate
 from sdk.credentials import DeviceCredentials
@@ -28,10 +36,19 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 @router.post("", response_model=DeviceCredentials, status_code=201)
 def register_device(
-    data: DeviceCreate, session: SessionDep, ctx: ContextDep, _: OperatorDep
+    data: DeviceCreate, session: SessionDep, ctx: ContextDep, actor: ActorDep, _: OperatorDep
 ) -> DeviceCredentials:
     """Register a device; the answer holds its token and broker password (shown only once)."""
-    return devices.register(session, data, ctx.settings, ctx.accounts)
+    creds = devices.register(session, data, ctx.settings, ctx.accounts)
+    audit.record(
+        session,
+        actor,
+        audit.Action.DEVICE_REGISTER,
+        creds.device_id,
+        labels=dict(data.labels),
+        profile=data.profile,
+    )
+    return creds
 
 
 @router.get("", response_model=list[DevicePublic])
@@ -55,13 +72,26 @@ def get_device(device_id: str, session: SessionDep, token: DeviceOrViewerDep) ->
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
-def update_device(device_id: str, data: DeviceUpdate, session: SessionDep, _: OperatorDep) -> DevicePublic:
-    return DevicePublic.model_validate(devices.update(session, device_id, data))
+def update_device(
+    device_id: str, data: DeviceUpdate, session: SessionDep, actor: ActorDep, _: OperatorDep
+) -> DevicePublic:
+    device = devices.update(session, device_id, data)
+    audit.record(session, actor, audit.Action.DEVICE_UPDATE, device_id, **data.model_dump(exclude_none=True))
+    return DevicePublic.model_validate(device)
 
 
 @router.delete("/{device_id}", status_code=204)
-def delete_device(device_id: str, session: SessionDep, ctx: ContextDep, _: AdminDep) -> None:
-    devices.delete(session, device_id, ctx.accounts)
+def delete_device(device_id: str, session: SessionDep, ctx: ContextDep, actor: ActorDep, _: AdminDep) -> None:
+    """Decommission: the device's tokens are revoked and its broker account removed."""
+    gone = devices.delete(session, device_id, ctx.accounts)
+    audit.record(
+        session,
+        actor,
+        audit.Action.DEVICE_DELETE,
+        device_id,
+        revoked_tokens=gone.revoked_tokens,
+        rollouts=gone.rollouts,
+    )
 
 
 @router.get("/{device_id}/health", response_model=DeviceHealth)

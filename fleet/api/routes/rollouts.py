@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from fleet import audit
+from fleet.api.deps import ActorDep, ContextDep, OperatorDep, SessionDep, ViewerDep
 from fleet.db.models import Rollout
 from fleet.rollout import service
 from fleet.rollout.states import RolloutEvent
@@ -29,10 +30,13 @@ def _detail(session: Session, rollout: Rollout) -> RolloutDetail:
 
 
 @router.post("", response_model=RolloutDetail, status_code=201)
-def create_rollout(data: RolloutCreate, session: SessionDep, _: OperatorDep) -> RolloutDetail:
+def create_rollout(
+    data: RolloutCreate, session: SessionDep, actor: ActorDep, _: OperatorDep
+) -> RolloutDetail:
     """Start a rollout; the controller moves it forward wave by wave within its health gates."""
     rollout = service.create(session, data)
     session.flush()
+    audit.record(session, actor, audit.Action.ROLLOUT_CREATE, rollout.id, **data.model_dump())
     return _detail(session, rollout)
 
 
@@ -46,26 +50,35 @@ def get_rollout(rollout_id: str, session: SessionDep, _: ViewerDep) -> RolloutDe
     return _detail(session, service.get(session, rollout_id))
 
 
-def _act(ctx: ContextDep, rollout_id: str, event: RolloutEvent, who: str) -> RolloutDetail:
+_ACTIONS = {
+    RolloutEvent.PAUSE: audit.Action.ROLLOUT_PAUSE,
+    RolloutEvent.RESUME: audit.Action.ROLLOUT_RESUME,
+    RolloutEvent.ROLLBACK: audit.Action.ROLLOUT_ROLLBACK,
+}
+
+
+def _act(ctx: ContextDep, rollout_id: str, event: RolloutEvent, actor: audit.Actor) -> RolloutDetail:
     outbox: service.Outbox = []
     with ctx.db.session() as session:
-        rollout = service.act(session, rollout_id, event, outbox, reason=f"{event.value} by {who}")
+        reason = f"{event.value} by token {actor.token_id}"
+        rollout = service.act(session, rollout_id, event, outbox, reason=reason)
+        audit.record(session, actor, _ACTIONS[event], rollout.id, state=rollout.state)
     ctx.publish_all(outbox)  # only after the commit: a device never sees state the database lacks
     with ctx.db.session() as session:
         return _detail(session, service.get(session, rollout.id))
 
 
 @router.post("/{rollout_id}/pause", response_model=RolloutDetail)
-def pause_rollout(rollout_id: str, ctx: ContextDep, token: OperatorDep) -> RolloutDetail:
-    return _act(ctx, rollout_id, RolloutEvent.PAUSE, f"token {token.id}")
+def pause_rollout(rollout_id: str, ctx: ContextDep, actor: ActorDep, _: OperatorDep) -> RolloutDetail:
+    return _act(ctx, rollout_id, RolloutEvent.PAUSE, actor)
 
 
 @router.post("/{rollout_id}/resume", response_model=RolloutDetail)
-def resume_rollout(rollout_id: str, ctx: ContextDep, token: OperatorDep) -> RolloutDetail:
-    return _act(ctx, rollout_id, RolloutEvent.RESUME, f"token {token.id}")
+def resume_rollout(rollout_id: str, ctx: ContextDep, actor: ActorDep, _: OperatorDep) -> RolloutDetail:
+    return _act(ctx, rollout_id, RolloutEvent.RESUME, actor)
 
 
 @router.post("/{rollout_id}/rollback", response_model=RolloutDetail)
-def rollback_rollout(rollout_id: str, ctx: ContextDep, token: OperatorDep) -> RolloutDetail:
+def rollback_rollout(rollout_id: str, ctx: ContextDep, actor: ActorDep, _: OperatorDep) -> RolloutDetail:
     """Restore the previous desired state on every device this rollout touched."""
-    return _act(ctx, rollout_id, RolloutEvent.ROLLBACK, f"token {token.id}")
+    return _act(ctx, rollout_id, RolloutEvent.ROLLBACK, actor)

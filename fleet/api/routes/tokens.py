@@ -1,24 +1,75 @@
-"""/api/v1/tokens (admin) and /api/v1/health."""
+"""/api/v1/tokens (admin): list, create, revoke; and /api/v1/health."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from sqlalchemy import text
 
-from fleet import auth
-from fleet.api.deps import AdminDep, ContextDep, SessionDep, ViewerDep
-from fleet.schemas import TokenCreate, TokenCreated
+from fleet import audit, auth, devices
+from fleet.api.deps import ActorDep, AdminDep, ContextDep, SessionDep, ViewerDep
+from fleet.schemas import TokenCreate, TokenCreated, TokenPublic
 from sdk.errors import ConfigError
 
 router = APIRouter(tags=["tokens"])
 
 
+@router.get("/tokens", response_model=list[TokenPublic])
+def list_tokens(
+    session: SessionDep,
+    _: AdminDep,
+    device_id: str | None = None,
+    role: str | None = None,
+    include_revoked: bool = True,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[TokenPublic]:
+    """Every token without its secret, oldest first."""
+    tokens = auth.list_tokens(
+        session, device_id=device_id, role=role, include_revoked=include_revoked, limit=limit, offset=offset
+    )
+    return [TokenPublic.model_validate(t) for t in tokens]
+
+
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
-def create_token(data: TokenCreate, session: SessionDep, _: AdminDep) -> TokenCreated:
-    if data.role not in auth.ROLES or data.role == "device":
-        raise ConfigError("role must be admin, operator or viewer (device tokens come with registration)")
-    token = auth.create_token(session, data.role, name=data.name)  # type: ignore[arg-type]
-    return TokenCreated(id=token.split("_")[1], role=data.role, token=token)
+def create_token(data: TokenCreate, session: SessionDep, actor: ActorDep, _: AdminDep) -> TokenCreated:
+    """A new token, shown only in this answer. A device token needs the id of a registered device."""
+    if data.role not in auth.ROLES:
+        raise ConfigError(f"role must be one of {', '.join(auth.ROLES)}")
+    if data.role == "device":
+        if not data.device_id:
+            raise ConfigError("a device token needs device_id")
+        devices.get(session, data.device_id)  # 404 for a device that is not registered
+    elif data.device_id is not None:
+        raise ConfigError("device_id is only for role device")
+    expires_at = time.time() + data.expires_in if data.expires_in is not None else data.expires_at
+    if expires_at is not None and expires_at <= time.time():
+        raise ConfigError("expires_at is in the past")
+    token = auth.create_token(
+        session,
+        data.role,  # type: ignore[arg-type]
+        device_id=data.device_id,
+        name=data.name,
+        expires_at=expires_at,
+    )
+    token_id = auth.token_id_of(token)
+    audit.record(
+        session, actor, audit.Action.TOKEN_CREATE, token_id, role=data.role, device_id=data.device_id
+    )
+    return TokenCreated(
+        id=token_id, role=data.role, token=token, device_id=data.device_id, expires_at=expires_at
+    )
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: str, session: SessionDep, actor: ActorDep, _: AdminDep) -> None:
+    """Revoke a token: every later request with it gets 401 (revoking a revoked one changes nothing)."""
+    token = auth.revoke(session, token_id)
+    audit.record(
+        session, actor, audit.Action.TOKEN_REVOKE, token_id, role=token.role, device_id=token.device_id
+    )
 
 
 @router.get("/health", tags=["health"])
