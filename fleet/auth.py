@@ -19,6 +19,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleet import audit
 from fleet.db.models import Device, Token
 from fleet.db.session import get_existing
 from sdk.errors import AuthError
@@ -149,6 +150,13 @@ def kept_admin_token(session: Session, path: Path) -> tuple[str, bool]:
             pass
         log.warning("the admin token in %s is not valid in this database; replacing it with a new one", path)
     token = create_token(session, "admin", name="edge-fleet up")
+    audit.record(
+        session,
+        audit.Actor.local("edge-fleet up"),
+        audit.Action.TOKEN_CREATE,
+        token_id_of(token),
+        role="admin",
+    )
     write_atomic(path, f"{token}\n".encode(), mode=0o600)
     return token, True
 

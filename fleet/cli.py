@@ -1,4 +1,4 @@
-"""``edge-fleet``: ``up`` (all in one), ``serve`` (production replica), ``token create``."""
+"""``edge-fleet``: ``up`` (all in one), ``serve`` (production replica), ``token create|list|revoke``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sdk.console import run_cli, setup_logging
 from sdk.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fleet.db.models import Token
     from fleet.settings import FleetSettings
 
 log = logging.getLogger("edge-fleet")
@@ -98,16 +99,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--controller-interval", type=float, default=0.5)
 
-    token = sub.add_parser("token", help="API tokens")
+    token = sub.add_parser("token", help="API tokens: create, list, revoke (on the database directly)")
     tsub = token.add_subparsers(dest="token_command", required=True)
     create = tsub.add_parser("create", help="create a token and print it (last line)")
     create.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "device"])
-    create.add_argument(
-        "--db",
-        default=os.environ.get("EDGEFLEET_DB_URL", f"sqlite:///{Path.home() / '.edgefleet' / 'fleet.db'}"),
-    )
     create.add_argument("--name")
-    create.add_argument("--device-id", help="for --role device: the device the token belongs to")
+    create.add_argument("--device-id", help="for --role device: the registered device the token belongs to")
+    create.add_argument(
+        "--expires-in",
+        type=_duration,
+        help="refuse the token after this long: 3600, 90m, 12h, 30d (default: never)",
+    )
+    listing = tsub.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--device-id")
+    listing.add_argument("--active", action="store_true", help="only tokens neither revoked nor expired")
+    revoke = tsub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id", help="the id (second part of ef_ID_SECRET, or from `token list`)")
+    for tcmd in (create, listing, revoke):
+        tcmd.add_argument(
+            "--db",
+            default=os.environ.get(
+                "EDGEFLEET_DB_URL", f"sqlite:///{Path.home() / '.edgefleet' / 'fleet.db'}"
+            ),
+        )
     return p
 
 
@@ -212,20 +226,102 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
-    from fleet import auth
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``3600``, ``90m``, ``12h`` or ``30d``."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3600, 90m, 12h or 30d") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+    return seconds
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """``token create|list|revoke`` on the database directly (each change is in the audit log)."""
+    import time
+
+    from fleet import audit, auth
+    from fleet.db.models import Device
     from fleet.db.session import Database, migrate
 
-    if args.role == "device" and not args.device_id:
-        raise ConfigError("--role device needs --device-id")
+    actor = audit.Actor.local(f"edge-fleet token {args.token_command}")
     db = Database(args.db)
     migrate(db.engine)
-    with db.session() as s:
-        token = auth.create_token(s, args.role, device_id=args.device_id, name=args.name)
-    db.dispose()
-    sys.stderr.write(f"created a {args.role} token; it is shown only once:\n")
-    sys.stdout.write(token + "\n")
+    try:
+        with db.session() as s:
+            if args.token_command == "create":
+                if args.role == "device":
+                    if not args.device_id:
+                        raise ConfigError("--role device needs --device-id")
+                    if s.get(Device, args.device_id) is None:
+                        raise ConfigError(f"no device {args.device_id} is registered; register it first")
+                elif args.device_id:
+                    raise ConfigError("--device-id is only for --role device")
+                expires_at = time.time() + args.expires_in if args.expires_in else None
+                token = auth.create_token(
+                    s, args.role, device_id=args.device_id, name=args.name, expires_at=expires_at
+                )
+                audit.record(
+                    s,
+                    actor,
+                    audit.Action.TOKEN_CREATE,
+                    auth.token_id_of(token),
+                    role=args.role,
+                    device_id=args.device_id,
+                )
+            elif args.token_command == "revoke":
+                revoked = auth.revoke(s, args.token_id)
+                audit.record(
+                    s,
+                    actor,
+                    audit.Action.TOKEN_REVOKE,
+                    revoked.id,
+                    role=revoked.role,
+                    device_id=revoked.device_id,
+                )
+            else:
+                tokens = auth.list_tokens(
+                    s, device_id=args.device_id, include_revoked=not args.active, limit=100_000
+                )
+    finally:
+        db.dispose()
+    if args.token_command == "create":
+        sys.stderr.write(f"created a {args.role} token; it is shown only once:\n")
+        sys.stdout.write(token + "\n")
+    elif args.token_command == "revoke":
+        sys.stdout.write(f"revoked token {args.token_id}\n")
+    else:
+        _print_tokens(tokens, active_only=args.active)
     return 0
+
+
+def _print_tokens(tokens: Sequence[Token], *, active_only: bool) -> None:
+    import time
+
+    now = time.time()
+    rows = [("ID", "ROLE", "DEVICE", "NAME", "CREATED", "EXPIRES", "STATE")]
+    for t in tokens:
+        expired = t.expires_at is not None and t.expires_at <= now
+        if active_only and expired:
+            continue
+        state = "revoked" if t.revoked else "expired" if expired else "active"
+        rows.append(
+            (t.id, t.role, t.device_id or "-", t.name or "-", _utc(t.created_at), _utc(t.expires_at), state)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def _utc(t: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t is not None else "never"
 
 
 def _main(argv: Sequence[str]) -> int:
@@ -239,7 +335,7 @@ def _main(argv: Sequence[str]) -> int:
         return cmd_up(args)
     if args.command == "serve":
         return cmd_serve(args)
-    return cmd_token_create(args)
+    return cmd_token(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,6 +89,10 @@ class FleetClient:
     def device_health(self, device_id: str, window_s: float = 300.0) -> dict[str, Any]:
         return self._call("GET", f"/devices/{device_id}/health", params={"window_s": window_s})
 
+    def delete_device(self, device_id: str) -> None:
+        """Decommission: the device's tokens are revoked and its broker account removed."""
+        self._call("DELETE", f"/devices/{device_id}")
+
     # ------------------------------------------------------------------------------ bundles
 
     def upload_bundle(self, path: str | Path) -> dict[str, Any]:
@@ -129,3 +133,49 @@ class FleetClient:
 
     def rollback(self, rollout_id: str) -> dict[str, Any]:
         return self._call("POST", f"/rollouts/{rollout_id}/rollback")
+
+    # -------------------------------------------------------------------------- tokens, audit
+
+    def tokens(self, *, device_id: str | None = None, include_revoked: bool = True) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"include_revoked": include_revoked}
+        if device_id is not None:
+            params["device_id"] = device_id
+        return self._call("GET", "/tokens", params=params)
+
+    def create_token(
+        self,
+        role: str,
+        *,
+        name: str | None = None,
+        device_id: str | None = None,
+        expires_in: float | None = None,
+    ) -> dict[str, Any]:
+        """A new token; its plaintext (``token``) is in this answer only."""
+        body = {"role": role, "name": name, "device_id": device_id, "expires_in": expires_in}
+        return self._call("POST", "/tokens", json={k: v for k, v in body.items() if v is not None})
+
+    def revoke_token(self, token_id: str) -> None:
+        self._call("DELETE", f"/tokens/{token_id}")
+
+    def audit(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of the audit log, newest first: ``{"entries": [...], "next_before_id": ...}``."""
+        params = {
+            "since": since,
+            "until": until,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "before_id": before_id,
+            "limit": limit,
+        }
+        return self._call("GET", "/audit", params={k: v for k, v in params.items() if v is not None})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from sdk.topics import PREFIX
 log = logging.getLogger(__name__)
 #: the topic kinds a device publishes; it only receives ``desired``.
 DEVICE_SENDS = frozenset({"reported", "status", "telemetry", "events"})
+#: seconds a connected device's login is trusted before the database is asked again.
+RECHECK_S = 2.0
 
 
 class BrokerAuthority:
@@ -37,6 +40,7 @@ class BrokerAuthority:
         self.db = db
         self.admin_username = admin_username
         self._admin_sha = auth.sha256_hex(admin_password)
+        self._recheck: dict[tuple[str, str], tuple[bool, float]] = {}
 
     def check_login(self, username: str | None, password: str | None) -> bool:
         if not username or password is None:
@@ -46,6 +50,25 @@ class BrokerAuthority:
         with self.db.session() as s:
             device = s.get(Device, username)
             return device is not None and auth.check_password(device.mqtt_password_hash, password)
+
+    async def still_valid(self, username: str | None, password: str | None) -> bool:
+        """Decommission on this broker: a session whose login the database no longer accepts (the
+        device was deleted, or registered again with a new password) is refused every publish,
+        subscribe and delivery from then on. Checked against the database at most every ``RECHECK_S``."""
+        if username == self.admin_username:
+            return True
+        key = (username or "", password or "")
+        now = time.monotonic()
+        cached = self._recheck.get(key)
+        if cached is not None and now - cached[1] < RECHECK_S:
+            return cached[0]
+        ok = await asyncio.to_thread(self.check_login, username, password)
+        if len(self._recheck) > 10_000:  # bounded: one entry per live login, cleared if it grows past that
+            self._recheck.clear()
+        self._recheck[key] = (ok, now)
+        if not ok:
+            log.info("embedded broker: %s is no longer a registered device; its session is refused", username)
+        return ok
 
     def allowed(self, username: str | None, topic: str, action: Action | None = None) -> bool:
         """As ``sdk.topics.acl_pattern``: a device reads only its own ``desired`` and writes only its
@@ -80,7 +103,10 @@ class FleetTopicPlugin(BaseTopicPlugin):
         self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
     ) -> bool | None:
         authority: BrokerAuthority = self.config.authority
-        return topic is not None and authority.allowed(session.username if session else None, topic, action)
+        username = session.username if session else None
+        if topic is None or not authority.allowed(username, topic, action):
+            return False
+        return await authority.still_valid(username, session.password if session else None)
 
 
 class FleetBroker(Broker):

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,7 +16,9 @@ from fleet.context import FleetContext
 from fleet.settings import FleetSettings
 from sdk import keys
 from sdk.messages import DesiredState
+from tests.fleet.live_server import serve_in_thread
 from tests.support.bundles import make_bundle
+from tests.support.mosquitto import free_port
 from tests.support.postgres import temporary_database
 
 
@@ -86,3 +89,67 @@ def fleet(db_url: str, tmp_path: Path, signing_key: keys.Ed25519PrivateKey) -> I
         with ctx.db.session() as s:
             admin = {"Authorization": f"Bearer {auth.create_token(s, 'admin')}"}
         yield Fleet(client, ctx, published, admin, signing_key, tmp_path)
+
+
+@dataclass
+class LiveFleet:
+    """The fleet app served by uvicorn on loopback (real HTTP), its context and an admin token."""
+
+    url: str
+    ctx: FleetContext
+    admin_token: str
+    key: keys.Ed25519PrivateKey
+    tmp: Path
+
+    def http(self, token: str | None = None, *, source: str = "127.0.0.1") -> httpx.Client:
+        """A client with ``token`` (default: the admin's), connecting from ``source`` (any 127.x.y.z)."""
+        token = self.admin_token if token is None else token
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            transport=httpx.HTTPTransport(local_address=source),
+            timeout=30,
+        )
+
+    def upload(self, **kwargs: object) -> dict:
+        path = make_bundle(self.tmp / "bundles-src", self.key, **kwargs)  # type: ignore[arg-type]
+        with self.http() as c, open(path, "rb") as f:
+            r = c.post("/api/v1/bundles", files={"file": (path.name, f)})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def register(self, device_id: str, **labels: str) -> dict:
+        with self.http() as c:
+            r = c.post(
+                "/api/v1/devices", json={"device_id": device_id, "labels": labels, "profile": "x86-server"}
+            )
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def give(self, bundle_id: str, *device_ids: str) -> str:
+        """A rollout of ``bundle_id`` to ``device_ids`` and one controller pass: their desired state names it."""
+        with self.http() as c:
+            r = c.post(
+                "/api/v1/rollouts",
+                json={"bundle_id": bundle_id, "selector": {"device_ids": list(device_ids)}},
+            )
+        assert r.status_code == 201, r.text
+        assert self.ctx.controller is not None
+        self.ctx.controller.tick()
+        return r.json()["id"]
+
+
+@pytest.fixture
+def live_fleet(db_url: str, tmp_path: Path, signing_key: keys.Ed25519PrivateKey) -> Iterator[LiveFleet]:
+    settings = FleetSettings(
+        db_url=db_url,
+        storage=str(tmp_path / "store"),
+        trust_keys=[tmp_path / "keys" / "signing.pub"],
+        controller_interval_s=0,  # tests drive the controller pass by pass
+    )
+    app = create_app(settings, publisher=Published())
+    with serve_in_thread(app, free_port()) as url:
+        ctx: FleetContext = app.state.fleet
+        with ctx.db.session() as s:
+            token = auth.create_token(s, "admin", name="test admin")
+        yield LiveFleet(url, ctx, token, signing_key, tmp_path)
