@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from fleet import audit
 from fleet.db.models import Device, Token
 from fleet.db.session import get_existing
+from fleet.errors import TokenRefusedError
 from sdk.errors import AuthError
 from sdk.fsio import write_atomic
 
@@ -87,13 +88,15 @@ def check_token(session: Session, plaintext: str, *, now: float | None = None) -
     if token is None or not hmac.compare_digest(token.secret_sha256, sha256_hex(parts[2])):
         raise AuthError("invalid or revoked token")
     if token.revoked:
-        raise AuthError(f"token {token.id} was revoked")
+        raise TokenRefusedError(f"token {token.id} was revoked")
     if token.expires_at is not None and token.expires_at <= (time.time() if now is None else now):
-        raise AuthError(f"token {token.id} expired at {_utc(token.expires_at)}")
+        raise TokenRefusedError(f"token {token.id} expired at {_utc(token.expires_at)}")
     # Belt and braces: decommissioning revokes a device's tokens, but a token of a device that is
     # gone must never authenticate (nor be inherited by a device registered again under its id).
     if token.role == "device" and (token.device_id is None or session.get(Device, token.device_id) is None):
-        raise AuthError(f"token {token.id} belongs to device {token.device_id}, which is not registered")
+        raise TokenRefusedError(
+            f"token {token.id} belongs to device {token.device_id}, which is not registered"
+        )
     return token
 
 

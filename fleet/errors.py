@@ -11,6 +11,13 @@ class ForbiddenError(AuthError):
     http_status = 403
 
 
+class TokenRefusedError(AuthError):
+    """A genuine token (its secret matches) that is revoked, expired or of a decommissioned device.
+
+    Not a guess: it does not count towards refusing the client's address (``api.failures``).
+    """
+
+
 class PayloadTooLargeError(BundleError):
     """An upload is larger than the fleet accepts."""
 

@@ -14,7 +14,7 @@ from fleet import auth
 from fleet.audit import Actor
 from fleet.context import FleetContext
 from fleet.db.models import Token
-from fleet.errors import ForbiddenError
+from fleet.errors import ForbiddenError, TokenRefusedError
 from sdk.errors import AuthError
 
 _bearer = HTTPBearer(auto_error=False, description="An edgefleet token: `edge-fleet token create --role ...`")
@@ -60,6 +60,10 @@ def get_token(
     try:
         with ctx.db.session() as s:
             return auth.check_token(s, credentials.credentials)
+    except TokenRefusedError:
+        # A stale credential, not a guess: one decommissioned device behind a site's NAT must not
+        # get every other device there refused.
+        raise
     except AuthError:
         ctx.auth_failures.failed(address)
         raise

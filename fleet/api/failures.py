@@ -1,8 +1,8 @@
 """Wrong-token guesses per client address: after too many, that address is refused for a while (429).
 
 A token's secret is 256 random bits, so guessing cannot succeed; this is about noticing and
-throttling whoever tries (a WARNING names the address) and about a stale credential hammering the
-fleet. While an address is refused its tokens are not checked at all, so a guesser learns nothing,
+throttling whoever tries (a WARNING names the address). Only wrong, unknown or malformed tokens
+count: a genuine token that was revoked or expired is a stale credential, not a guess. While an address is refused its tokens are not checked at all, so a guesser learns nothing,
 and a correct token from that same address waits out the ``Retry-After`` too (clients behind one
 NAT share the fate of the noisiest). The table is bounded: past ``max_addresses`` the least recently
 failing address is forgotten.
@@ -72,7 +72,7 @@ class AuthFailures:
                 return
             entry.blocked_until = now + self.window_s
         log.warning(
-            "%d wrong or refused tokens from %s within %g s; refusing every token from %s for %g s (429)",
+            "%d wrong tokens from %s within %g s; refusing every token from %s for %g s (429)",
             self.max_failures,
             address,
             self.window_s,
