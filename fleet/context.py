@@ -62,6 +62,16 @@ class FleetContext:
             else:
                 log.info("no broker: desired revision %d for %s is stored only", message.revision, device_id)
 
+    def forget_device(self, device_id: str) -> None:
+        """After a decommission commits: clear the device's retained desired state on the broker, and
+        this process's record of the revisions it sent, so a device registered again under the id
+        starts clean (its revisions start at 1 again and must not be held back as older)."""
+        with self._published_lock:
+            self._published.pop(device_id, None)
+            if self.mqtt is not None:
+                # an empty retained message deletes the retained one (MQTT 3.1.1 §3.3.1.3)
+                self.mqtt.publish(topic("desired", device_id), b"", qos=1, retain=True)
+
     def publish_all(self, outbox: list[tuple[str, DesiredState]]) -> None:
         for device_id, message in outbox:
             self.publish_desired(device_id, message)

@@ -89,7 +89,7 @@ class Session:
         self.c.username_pw_set(username, password)
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = lambda *_a: setattr(self, "disconnects", self.disconnects + 1)
-        self.c.on_message = lambda _c, _u, m: self.desired.append(parse_message(DesiredState, m.payload))
+        self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         wait_until(lambda: self.connects, what=f"a CONNACK for {username}")
@@ -98,6 +98,10 @@ class Session:
         self.connects.append(not reason.is_failure)
         if not reason.is_failure:
             client.subscribe(topic("desired", self.username), 1)
+
+    def _on_message(self, _c, _u, msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.payload:  # empty: the retained desired state was cleared (as the agent reads it)
+            self.desired.append(parse_message(DesiredState, msg.payload))
 
     def close(self) -> None:
         self.c.disconnect()
@@ -111,9 +115,17 @@ def test_embedded_broker_refuses_a_decommissioned_session(tmp_path: Path, signin
     args += ["--trust-key", str(tmp_path / "keys" / "signing.pub")]
     with run_fleet(tmp_path / "run", args) as fleet:
         api = FleetClient(fleet.url, fleet.stdout_path.read_text().splitlines()[-1])
+        bundle = api.upload_bundle(make_bundle(tmp_path / "b", signing_key))  # type: ignore[arg-type]
         old = api.register_device("d0")
         stale = Session(mport, "d0", old.mqtt_password)
         assert stale.connects == [True]
+        # the old d0 had desired revisions 1 (a rollout) and 2 (its roll back)
+        first = api.create_rollout(bundle["id"], selector={"device_ids": ["d0"]})
+        wait_until(
+            lambda: [d.revision for d in stale.desired] == [1], what="the old d0's first desired state"
+        )
+        api.rollback(first["id"])
+        wait_until(lambda: [d.revision for d in stale.desired] == [1, 2], what="the old d0's roll back")
         api.delete_device("d0")
         new = api.register_device("d0")
         time.sleep(RECHECK_S + 0.5)  # the broker trusts a live login this long before asking again
@@ -121,12 +133,14 @@ def test_embedded_broker_refuses_a_decommissioned_session(tmp_path: Path, signin
         refused.close()
         assert refused.connects[0] is False
         fresh = Session(mport, "d0", new.mqtt_password)
-        bundle = api.upload_bundle(make_bundle(tmp_path / "b", signing_key))  # type: ignore[arg-type]
+        time.sleep(0.5)
+        assert fresh.desired == []  # no retained desired state of the device that was deleted
         api.create_rollout(bundle["id"], selector={"device_ids": ["d0"]})
-        wait_until(lambda: fresh.desired, what="the new d0's desired state")
+        # revision 1 again: a new device, and the fleet does not hold it back as older than 2
+        wait_until(lambda: [d.revision for d in fresh.desired] == [1], what="the new d0's desired state")
         time.sleep(0.5)
         # the session of the device that was deleted gets nothing meant for its successor
-        assert stale.desired == []
+        assert [d.revision for d in stale.desired] == [1, 2]
         for s in (stale, fresh):
             s.close()
         api.close()

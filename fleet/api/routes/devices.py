@@ -81,17 +81,19 @@ def update_device(
 
 
 @router.delete("/{device_id}", status_code=204)
-def delete_device(device_id: str, session: SessionDep, ctx: ContextDep, actor: ActorDep, _: AdminDep) -> None:
-    """Decommission: the device's tokens are revoked and its broker account removed."""
-    gone = devices.delete(session, device_id, ctx.accounts)
-    audit.record(
-        session,
-        actor,
-        audit.Action.DEVICE_DELETE,
-        device_id,
-        revoked_tokens=gone.revoked_tokens,
-        rollouts=gone.rollouts,
-    )
+def delete_device(device_id: str, ctx: ContextDep, actor: ActorDep, _: AdminDep) -> None:
+    """Decommission: the device's tokens are revoked, its broker account and retained desired state removed."""
+    with ctx.db.session() as session:
+        gone = devices.delete(session, device_id, ctx.accounts)
+        audit.record(
+            session,
+            actor,
+            audit.Action.DEVICE_DELETE,
+            device_id,
+            revoked_tokens=gone.revoked_tokens,
+            rollouts=gone.rollouts,
+        )
+    ctx.forget_device(device_id)  # only after the commit, as desired states are published
 
 
 @router.get("/{device_id}/health", response_model=DeviceHealth)
