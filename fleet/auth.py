@@ -23,7 +23,7 @@ from fleet import audit
 from fleet.db.models import Device, Token
 from fleet.db.session import get_existing
 from fleet.errors import TokenRefusedError
-from sdk.errors import AuthError
+from sdk.errors import AuthError, ConfigError, NotFoundError
 from sdk.fsio import write_atomic
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,30 @@ def create_token(
     return f"ef_{token_id}_{secret}"
 
 
+def issue(
+    session: Session,
+    role: str,
+    *,
+    device_id: str | None = None,
+    name: str | None = None,
+    expires_at: float | None = None,
+) -> str:
+    """A token asked for by an admin (API or CLI), checked first: a device token names a registered
+    device, no other role names one, and it does not expire in the past."""
+    if role not in ROLES:
+        raise ConfigError(f"role must be one of {', '.join(ROLES)}")
+    if role == "device":
+        if not device_id:
+            raise ConfigError("a device token needs a device id")
+        if session.get(Device, device_id) is None:
+            raise NotFoundError(f"no device {device_id} is registered; register it first")
+    elif device_id is not None:
+        raise ConfigError("only a device token names a device")
+    if expires_at is not None and expires_at <= time.time():
+        raise ConfigError("the expiry time is in the past")
+    return create_token(session, role, device_id=device_id, name=name, expires_at=expires_at)  # type: ignore[arg-type]
+
+
 def token_id_of(plaintext: str) -> str:
     return plaintext.split("_", 2)[1]
 
@@ -106,7 +130,7 @@ def list_tokens(
     device_id: str | None = None,
     role: str | None = None,
     include_revoked: bool = True,
-    limit: int = 1000,
+    limit: int | None = 1000,
     offset: int = 0,
 ) -> list[Token]:
     query = select(Token).order_by(Token.created_at, Token.id)

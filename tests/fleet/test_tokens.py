@@ -84,7 +84,9 @@ def test_device_tokens_name_a_registered_device(live_fleet: LiveFleet) -> None:
     live_fleet.register("cam-1")
     with live_fleet.http() as admin:
         r = admin.post("/api/v1/tokens", json={"role": "device", "device_id": "ghost"})
-        assert r.status_code == 404 and r.json()["error"] == "no device ghost"
+        assert (
+            r.status_code == 404 and r.json()["error"] == "no device ghost is registered; register it first"
+        )
         assert admin.post("/api/v1/tokens", json={"role": "device"}).status_code == 400
         assert admin.post("/api/v1/tokens", json={"role": "viewer", "device_id": "cam-1"}).status_code == 400
         spare = admin.post("/api/v1/tokens", json={"role": "device", "device_id": "cam-1"}).json()
