@@ -111,3 +111,51 @@ def test_cli_token_changes_are_recorded_as_the_local_user(tmp_path: Path) -> Non
     assert got[0][3].startswith("edge-fleet token create (") and got[1][3].startswith(
         "edge-fleet token revoke ("
     )
+
+
+def test_every_state_changing_route_records_through_the_actor() -> None:
+    """A route that changes state and does not take the request's Actor could not write an audit entry."""
+    from fastapi.routing import APIRoute
+
+    from fleet.api.deps import get_actor
+    from fleet.app import create_app
+    from fleet.settings import FleetSettings
+
+    def calls(dependant, target) -> bool:  # type: ignore[no-untyped-def]
+        return any(d.call is target or calls(d, target) for d in dependant.dependencies)
+
+    def api_routes(routes) -> list[APIRoute]:  # type: ignore[no-untyped-def]
+        # this FastAPI keeps included routers whole (their routes under ``original_router``)
+        found: list[APIRoute] = []
+        for r in routes:
+            if isinstance(r, APIRoute):
+                found.append(r)
+            elif hasattr(r, "original_router"):
+                found += api_routes(r.original_router.routes)
+        return found
+
+    routes = api_routes(create_app(FleetSettings()).routes)
+    changing = [r for r in routes if r.methods & {"POST", "PUT", "PATCH", "DELETE"}]
+    assert len(changing) == 10, [r.path for r in changing]
+    assert [r.path for r in changing if not calls(r.dependant, get_actor)] == []
+
+
+def test_the_sdk_client_manages_tokens_and_reads_the_audit(live_fleet: LiveFleet) -> None:
+    from sdk.errors import AuthError
+    from sdk.fleet_client import FleetClient
+
+    with FleetClient(live_fleet.url, live_fleet.admin_token) as api:
+        made = api.create_token("viewer", name="kiosk", expires_in=3600)
+        assert made["expires_at"] > time.time() and made["token"].startswith("ef_")
+        assert "kiosk" in {t["name"] for t in api.tokens()}
+        api.revoke_token(made["id"])
+        assert made["id"] not in {t["id"] for t in api.tokens(include_revoked=False)}
+        page = api.audit(action="token.revoke")
+        assert [e["target"] for e in page["entries"]] == [made["id"]]
+    with FleetClient(live_fleet.url, made["token"]) as revoked:
+        try:
+            revoked.devices()
+        except AuthError as exc:
+            assert "was revoked" in str(exc)
+        else:
+            raise AssertionError("a revoked token was accepted")
