@@ -136,7 +136,7 @@ def test_every_state_changing_route_records_through_the_actor() -> None:
 
     routes = api_routes(create_app(FleetSettings()).routes)
     changing = [r for r in routes if r.methods & {"POST", "PUT", "PATCH", "DELETE"}]
-    assert len(changing) == 10, [r.path for r in changing]
+    assert len(changing) >= 10, [r.path for r in changing]
     assert [r.path for r in changing if not calls(r.dependant, get_actor)] == []
 
 
