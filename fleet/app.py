@@ -17,6 +17,7 @@ from fleet.api.routes import bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
 from fleet.db.session import Database, migrate
 from fleet.ingest import Ingest
+from fleet.limits import IngestLimits
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import FleetMqtt
 from fleet.mqtt.dynsec import RESPONSE, DynamicSecurity
@@ -78,7 +79,12 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         if s.broker_accounts == "dynsec":
             ctx.accounts = DynamicSecurity(ctx.mqtt, s.broker_username)
         ingest = Ingest(
-            ctx.db, ctx.mqtt.inbox, ctx.metrics, batch=s.ingest_batch, max_wait_s=s.ingest_max_wait_s
+            ctx.db,
+            ctx.mqtt.inbox,
+            ctx.metrics,
+            batch=s.ingest_batch,
+            max_wait_s=s.ingest_max_wait_s,
+            limits=IngestLimits.from_settings(s),
         )
         ingest.start()
         ctx.mqtt.start()
