@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
+from fleet.api.body_limits import BodyLimits
 from fleet.api.docs import add_docs
 from fleet.api.routes import bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
@@ -116,6 +118,18 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
+def _body_limit(settings: FleetSettings) -> Callable[[Scope], int]:
+    """Bundle uploads may be as large as a bundle (plus its multipart framing); anything else is JSON."""
+    upload = int(settings.max_bundle_mb * 1024 * 1024) + 1024 * 1024
+    other = int(settings.max_request_kb * 1024)
+
+    def limit(scope: Scope) -> int:
+        is_upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/api/v1/bundles"
+        return upload if is_upload else other
+
+    return limit
+
+
 def create_app(
     settings: FleetSettings, *, publisher: Publisher | None = None, context: FleetContext | None = None
 ) -> FastAPI:
@@ -149,6 +163,7 @@ def create_app(
         redoc_url=None,
     )
     _error_handlers(app)
+    app.add_middleware(BodyLimits, limit=_body_limit(settings), idle_timeout_s=settings.body_idle_timeout_s)
     add_docs(app, "/api/v1/openapi.json")
     for module in (devices, bundles, rollouts, tokens):
         app.include_router(module.router, prefix="/api/v1")
