@@ -23,6 +23,7 @@ from fleet.limits import IngestLimits
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import FleetMqtt
 from fleet.mqtt.dynsec import RESPONSE, DynamicSecurity
+from fleet.retention import Retention
 from fleet.rollout.controller import RolloutController
 from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
@@ -96,6 +97,7 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         s.base_url(),
         lease_s=s.controller_lease_s,
         retention_s=s.telemetry_retention_s,
+        retention=Retention.from_settings(s),
     )
     if s.controller_interval_s > 0:
         ctx.controller.start(s.controller_interval_s)
