@@ -15,6 +15,7 @@ from starlette.types import Scope
 
 from fleet.api.body_limits import BodyLimits
 from fleet.api.docs import add_docs
+from fleet.api.responses import ERROR_RESPONSES
 from fleet.api.routes import bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
 from fleet.db.session import Database, migrate
@@ -168,7 +169,7 @@ def create_app(
     app.add_middleware(BodyLimits, limit=_body_limit(settings), idle_timeout_s=settings.body_idle_timeout_s)
     add_docs(app, "/api/v1/openapi.json")
     for module in (devices, bundles, rollouts, tokens):
-        app.include_router(module.router, prefix="/api/v1")
+        app.include_router(module.router, prefix="/api/v1", responses=ERROR_RESPONSES)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
