@@ -224,8 +224,9 @@ class Ingest:
                 stored.append(Stored(a.device_id, a.kind, None))
             if events:
                 s.execute(insert(EventRecord), events)
+        dropped = {id(a) for a in unknown}
         for kind in ("telemetry", "reported", "status", "events"):
-            n = sum(1 for a in accepted if a.kind == kind)
+            n = sum(1 for a in accepted if a.kind == kind and id(a) not in dropped)
             if n:
                 self.metrics.messages_ingested.labels(kind).inc(n)
         self.metrics.telemetry_stored.inc(samples.new)
