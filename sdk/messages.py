@@ -171,7 +171,8 @@ class Telemetry(Message):
     cpu_percent: float | None = Field(None, ge=0, le=100_000, allow_inf_nan=False)
     memory_bytes: int | None = Field(None, ge=0, le=MAX_BYTES)
     memory_percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
-    temperature_c: float | None = Field(None, ge=-273.15, le=1000, allow_inf_nan=False)
+    #: finite, else unbounded: a broken thermal zone's reading must not cost the device its telemetry
+    temperature_c: float | None = Field(None, allow_inf_nan=False)
     disk_free_bytes: int | None = Field(None, ge=0, le=MAX_BYTES)
     disk_used_percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     models: list[ModelTelemetry] = Field(default_factory=list, max_length=MAX_ITEMS)
