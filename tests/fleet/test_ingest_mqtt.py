@@ -116,3 +116,49 @@ def test_a_device_sending_an_impossible_seq_never_stops_the_others(
         # named, with its reason, at WARNING; once a minute however fast it floods
         lines = [line for line in fleet.log.splitlines() if "from device bad (invalid)" in line]
         assert len(lines) == 1 and "WARNING" in lines[0] and "seq" in lines[0], fleet.log[-3000:]
+
+
+def _db_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def test_a_device_flooding_large_events_cannot_grow_the_database(
+    tmp_path: Path, mosquitto: Mosquitto, signing_key: object
+) -> None:
+    """Finding 8: 100 events of 1 MiB from one device grew the database by 159 MiB in 6 s."""
+    db_path = tmp_path / "fleet.db"
+    db = f"sqlite:///{db_path}"
+    token = admin_token(db)
+    with run_fleet(tmp_path / "fleet", serve_args(tmp_path, db, mosquitto.url)) as fleet:
+        api = httpx.Client(base_url=fleet.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert (
+            api.post("/api/v1/devices", json={"device_id": "loud", "profile": "x86-server"}).status_code
+            == 201
+        )
+        before = _db_bytes(db_path)
+        with device_connection(mosquitto) as c:
+            for i in range(100):
+                big = b'{"schema": 1, "kind": "failure", "ok": false, "reason": "%s"}' % (b"x" * 1024 * 1024)
+                c.publish(topic("events", "loud"), big, qos=1)
+                long = b'{"schema": 1, "kind": "failure", "ok": false, "reason": "%d%s"}' % (
+                    i,
+                    b"y" * 100_000,
+                )
+                c.publish(topic("events", "loud"), long, qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metrics = api.get("/metrics").text
+            stored = sum(
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith('edgefleet_mqtt_messages_ingested_total{kind="events"}')
+            )
+            if rejected(metrics, "oversize") == 100 and stored == 100:
+                break
+            time.sleep(0.2)
+        assert rejected(metrics, "oversize") == 100 and stored == 100, metrics
+        health = api.get("/api/v1/devices/loud/health").json()
+        newest = health["recent_events"][0]["reason"]
+        assert newest.startswith("99yyy") and len(newest) < 2100
+        grown = _db_bytes(db_path) - before
+        assert grown < 5 * 1024 * 1024, f"the database grew by {grown} bytes"
