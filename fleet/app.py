@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,15 +11,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
+from fleet.api.body_limits import BodyLimits
 from fleet.api.docs import add_docs
+from fleet.api.responses import ERROR_RESPONSES
 from fleet.api.routes import audit, bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
 from fleet.db.session import Database, migrate
 from fleet.ingest import Ingest
+from fleet.limits import IngestLimits
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import FleetMqtt
 from fleet.mqtt.dynsec import RESPONSE, DynamicSecurity
+from fleet.retention import Retention
 from fleet.rollout.controller import RolloutController
 from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
@@ -78,7 +83,12 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         if s.broker_accounts == "dynsec":
             ctx.accounts = DynamicSecurity(ctx.mqtt, s.broker_username)
         ingest = Ingest(
-            ctx.db, ctx.mqtt.inbox, ctx.metrics, batch=s.ingest_batch, max_wait_s=s.ingest_max_wait_s
+            ctx.db,
+            ctx.mqtt.inbox,
+            ctx.metrics,
+            batch=s.ingest_batch,
+            max_wait_s=s.ingest_max_wait_s,
+            limits=IngestLimits.from_settings(s),
         )
         ingest.start()
         ctx.mqtt.start()
@@ -88,6 +98,7 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         s.base_url(),
         lease_s=s.controller_lease_s,
         retention_s=s.telemetry_retention_s,
+        retention=Retention.from_settings(s),
     )
     if s.controller_interval_s > 0:
         ctx.controller.start(s.controller_interval_s)
@@ -108,6 +119,18 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _body_limit(settings: FleetSettings) -> Callable[[Scope], int]:
+    """Bundle uploads may be as large as a bundle (plus its multipart framing); anything else is JSON."""
+    upload = int(settings.max_bundle_mb * 1024 * 1024) + 1024 * 1024
+    other = int(settings.max_request_kb * 1024)
+
+    def limit(scope: Scope) -> int:
+        is_upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/api/v1/bundles"
+        return upload if is_upload else other
+
+    return limit
 
 
 def create_app(
@@ -143,9 +166,10 @@ def create_app(
         redoc_url=None,
     )
     _error_handlers(app)
+    app.add_middleware(BodyLimits, limit=_body_limit(settings), idle_timeout_s=settings.body_idle_timeout_s)
     add_docs(app, "/api/v1/openapi.json")
     for module in (devices, bundles, rollouts, tokens, audit):
-        app.include_router(module.router, prefix="/api/v1")
+        app.include_router(module.router, prefix="/api/v1", responses=ERROR_RESPONSES)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -10,7 +10,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
@@ -18,13 +19,24 @@ from sqlalchemy.exc import OperationalError
 from fleet import telemetry
 from fleet.db.models import Device, EventRecord
 from fleet.db.session import Database
+from fleet.limits import Accepted, IngestLimits, Rejected, RejectReason
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import Inbound
-from sdk.errors import ProtocolError
-from sdk.messages import Event, ReportedState, Status, Telemetry, parse_message
-from sdk.topics import parse_topic
+from fleet.ratelog import RateLimitedLog
+from sdk.messages import ReportedModel, ReportedState
 
 log = logging.getLogger(__name__)
+_REPORTED_FIELDS = set(ReportedModel.model_fields)
+#: a database error on one message is retried this often before the message is dropped
+_ATTEMPTS = 3
+
+
+class Stored(NamedTuple):
+    """One device message that is in the database now (``seq`` for telemetry, else None)."""
+
+    device_id: str
+    kind: str
+    seq: int | None
 
 
 class Ingest:
@@ -36,12 +48,20 @@ class Ingest:
         *,
         batch: int = 1000,
         max_wait_s: float = 0.2,
+        limits: IngestLimits | None = None,
+        on_stored: Callable[[list[Stored]], None] | None = None,
     ) -> None:
         self.db = db
         self.inbox = inbox
         self.metrics = metrics
         self.batch = batch
         self.max_wait_s = max_wait_s
+        self.limits = limits or IngestLimits()
+        #: called after every commit with what it stored (e.g. to acknowledge it to the devices)
+        self.on_stored = on_stored
+        self._warnings = RateLimitedLog(log)
+        for reason in RejectReason:  # every reason shows on /metrics from the start, at 0
+            metrics.ingest_rejected.labels(reason.value)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,100 +98,163 @@ class Ingest:
             items = self._collect()
             if not items:
                 continue
-            for attempt in range(1, 4):
-                try:
-                    self.process(items)
-                    break
-                except OperationalError as exc:
-                    # Replicas update the same device rows: PostgreSQL may pick this batch as a
-                    # deadlock victim, and SQLite may stay busy; the batch is safe to run again.
-                    log.warning("ingest batch failed (attempt %d of 3): %s", attempt, exc.orig)
-                    time.sleep(0.05 * attempt)
-                except Exception:
-                    log.exception("ingest of %d messages failed; they are dropped", len(items))
-                    self.metrics.ingest_failed.inc(len(items))
-                    break
-            else:
+            try:
+                self.process(items)
+            except Exception:  # the thread must outlive anything one batch does
+                log.exception("ingest of %d messages failed; they are dropped", len(items))
                 self.metrics.ingest_failed.inc(len(items))
 
     # ---------------------------------------------------------------------------------- batch
 
-    def process(self, items: list[Inbound]) -> None:
-        parsed: list[tuple[str, str, Any, float]] = []
+    def process(self, items: list[Inbound]) -> list[Stored]:
+        """Check each message, store the good ones in one transaction; returns what was stored.
+
+        A message that fails a check is dropped, counted and logged on its own. Should the
+        database still refuse the batch, it is stored again message by message, so only the
+        offending message is lost.
+        """
+        accepted: list[Accepted] = []
         for name, payload, received_at in items:
             try:
-                device_id, kind = parse_topic(name)
-                if kind == "telemetry":
-                    msg: Any = parse_message(Telemetry, payload)
-                elif kind == "reported":
-                    msg = parse_message(ReportedState, payload)
-                elif kind == "status":
-                    if not payload:
-                        continue  # a retained status being cleared
-                    msg = parse_message(Status, payload)
-                elif kind == "events":
-                    msg = parse_message(Event, payload)
-                else:
-                    continue
-            except ProtocolError as exc:
-                self.metrics.messages_rejected.inc()
-                log.debug("dropped a message on %s: %s", name, exc)
+                checked = self.limits.accept(name, payload, received_at)
+            except Rejected as exc:
+                self.reject(exc)
                 continue
-            parsed.append((device_id, kind, msg, received_at))
-        if not parsed:
-            return
-        unknown = 0
-        tele = [(d, m, t) for d, k, m, t in parsed if k == "telemetry"]
-        rest = [p for p in parsed if p[1] != "telemetry"]
+            if checked is not None:
+                accepted.append(checked)
+        return self.store(accepted)
+
+    def store(self, accepted: list[Accepted]) -> list[Stored]:
+        """Store checked messages in one transaction, or one by one if the database refuses that."""
+        if not accepted:
+            return []
+        try:
+            return self._commit_retrying(accepted)
+        except OperationalError as exc:
+            # The database itself is away (or busy for seconds): no single message is to blame.
+            log.error(
+                "ingest of %d messages failed after %d attempts: %s", len(accepted), _ATTEMPTS, exc.orig
+            )
+            self.metrics.ingest_failed.inc(len(accepted))
+            return []
+        except Exception as exc:
+            log.warning(
+                "ingest batch of %d messages failed (%s: %s); storing them one by one",
+                len(accepted),
+                exc.__class__.__name__,
+                str(exc).splitlines()[0][:300] if str(exc) else "",
+            )
+        stored: list[Stored] = []
+        for one in accepted:
+            try:
+                stored += self._commit_retrying([one])
+            except Exception as exc:
+                self.reject(
+                    Rejected(
+                        one.device_id,
+                        RejectReason.DB_ERROR,
+                        f"{one.kind}: the database refused it: {exc.__class__.__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:300]}",
+                    )
+                )
+        return stored
+
+    def reject(self, exc: Rejected) -> None:
+        """Count and log (at most once a minute per device) one dropped message."""
+        self.metrics.messages_rejected.inc()
+        self.metrics.ingest_rejected.labels(exc.reason.value).inc()
+        self._warnings.warning(
+            exc.device, "dropped a message from device %s (%s): %s", exc.device, exc.reason.value, exc.detail
+        )
+
+    def _commit_retrying(self, accepted: list[Accepted]) -> list[Stored]:
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self.commit(accepted)
+            except OperationalError as exc:
+                # Replicas update the same device rows: PostgreSQL may pick this batch as a
+                # deadlock victim, and SQLite may stay busy; the batch is safe to run again.
+                if attempt == _ATTEMPTS:
+                    raise
+                log.warning("ingest batch failed (attempt %d of %d): %s", attempt, _ATTEMPTS, exc.orig)
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def commit(self, accepted: list[Accepted]) -> list[Stored]:
+        """THE commit point of ingest: one transaction for ``accepted``; returns what it stored.
+
+        ``on_stored`` hears of it only once the transaction is committed.
+        """
+        tele = [(a.device_id, a.msg, a.received_at) for a in accepted if a.kind == "telemetry"]
+        rest = [a for a in accepted if a.kind != "telemetry"]
+        unknown: list[Accepted] = []
+        stored: list[Stored] = []
         with self.db.session() as s:
-            stored = telemetry.store_batch(s, tele) if tele else 0
-            ids = {d for d, _, _, _ in rest}
+            samples = telemetry.store_batch(s, tele) if tele else telemetry.StoredSamples()
+            stored += [Stored(d, "telemetry", seq) for d, seq in samples.keys]
+            unknown += [a for a in accepted if a.kind == "telemetry" and a.device_id in samples.unknown]
+            ids = {a.device_id for a in rest}
             devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))} if ids else {}
             events: list[dict[str, Any]] = []
-            for device_id, kind, msg, received_at in rest:
-                device = devices.get(device_id)
+            for a in rest:
+                device = devices.get(a.device_id)
                 if device is None:
-                    unknown += 1
+                    unknown.append(a)
                     continue
-                if kind == "reported":
-                    self._reported(device, msg, received_at)
-                elif kind == "status":
+                msg = a.msg
+                if a.kind == "reported":
+                    self._reported(device, msg, a.received_at)
+                elif a.kind == "status":
                     device.online = msg.state == "online"
-                    device.status_at = received_at
-                    device.last_seen = received_at
-                elif kind == "events":
+                    device.status_at = a.received_at
+                    device.last_seen = a.received_at
+                elif a.kind == "events":
                     events.append(
                         {
-                            "device_id": device_id,
-                            "time": received_at,
+                            "device_id": a.device_id,
+                            "time": a.received_at,
                             "kind": msg.kind,
                             "ok": msg.ok,
                             "model": msg.model,
                             "version": msg.version,
                             "revision": msg.revision,
-                            "reason": msg.reason,
+                            "reason": self.limits.cut(msg.reason),
                         }
                     )
+                stored.append(Stored(a.device_id, a.kind, None))
             if events:
                 s.execute(insert(EventRecord), events)
-        unknown += len(tele) - stored
+        dropped = {id(a) for a in unknown}
         for kind in ("telemetry", "reported", "status", "events"):
-            n = sum(1 for _, k, _, _ in parsed if k == kind)
+            n = sum(1 for a in accepted if a.kind == kind and id(a) not in dropped)
             if n:
                 self.metrics.messages_ingested.labels(kind).inc(n)
-        self.metrics.telemetry_stored.inc(stored)
-        if unknown:
-            self.metrics.messages_rejected.inc(unknown)
+        self.metrics.telemetry_stored.inc(samples.new)
+        for a in unknown:
+            self.reject(
+                Rejected(a.device_id, RejectReason.UNKNOWN_DEVICE, f"{a.kind} from a device not registered")
+            )
+        if self.on_stored is not None and stored:
+            try:
+                self.on_stored(stored)
+            except Exception:  # stored is stored: a failing hook must not store it again
+                log.exception("the hook after an ingest commit failed")
+        return stored
 
-    @staticmethod
-    def _reported(device: Device, msg: ReportedState, received_at: float) -> None:
+    def _reported(self, device: Device, msg: ReportedState, received_at: float) -> None:
         # Replicas may see a device's reports out of order: never go back to an older revision.
         if msg.revision < device.reported_revision:
             return
         device.reported_revision = msg.revision
-        device.reported_models = [m.model_dump(exclude_none=True) for m in msg.models]
+        device.reported_models = [
+            {
+                **m.model_dump(include=_REPORTED_FIELDS, exclude_none=True),
+                **({"error": self.limits.cut(m.error)} if m.error else {}),
+            }
+            for m in msg.models
+        ]
         device.agent_version = msg.agent_version
-        device.last_error = msg.last_error
+        device.last_error = self.limits.cut(msg.last_error)
         device.reported_at = received_at
         device.last_seen = received_at
         if device.profile is None and msg.profile:

@@ -60,6 +60,12 @@ class FleetMetrics:
             "Malformed messages or messages from unknown devices",
             registry=self.registry,
         )
+        self.ingest_rejected = Counter(
+            "edgefleet_ingest_rejected",
+            "Device messages dropped one by one, by reason (the rest of their batch is stored)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ingest_failed = Counter(
             "edgefleet_ingest_failed_messages",
             "Messages lost to a failed database batch",

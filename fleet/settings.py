@@ -66,6 +66,23 @@ class FleetSettings(BaseSettings):
     auth_failures_max: int = Field(20, ge=1)
     auth_failures_window_s: float = Field(60.0, gt=0)
 
+    #: MQTT ingest: a device message larger than this is dropped unread (and counted).
+    mqtt_max_message_kb: float = 256.0
+    #: a telemetry sample dated more than this ahead of the fleet's clock is dropped: it would stay
+    #: the device's newest sample (its health) until the clock caught up.
+    ingest_clock_skew_s: float = 300.0
+    #: event reasons and reported errors are cut to this many characters before they are stored.
+    ingest_max_text: int = 2000
+    #: events older than this are deleted (0 keeps them by age) ...
+    event_retention_s: float = 30 * 24 * 3600
+    #: ... and each device keeps at most its newest this many (0: no limit).
+    events_per_device: int = 1000
+    #: HTTP: a request body (other than a bundle upload) larger than this is refused with 413.
+    max_request_kb: float = 1024.0
+    #: HTTP: a request whose body sends nothing for this long is answered 408 and closed, so a
+    #: client announcing more than it sends cannot hold a connection (and an upload slot) forever.
+    body_idle_timeout_s: float = 30.0
+
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, case, delete, select, text, update
@@ -23,11 +24,24 @@ from sqlalchemy.orm import Session
 
 from fleet.db.models import Device, TelemetrySample
 from sdk.errors import ConfigError
-from sdk.messages import Telemetry
+from sdk.messages import ModelTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
 DEVICES = Device.__table__
 SAMPLES = TelemetrySample.__table__
+_MODEL_FIELDS = set(ModelTelemetry.model_fields)
+
+
+@dataclass(frozen=True)
+class StoredSamples:
+    """What one :func:`store_batch` left in the database (committed with its session)."""
+
+    #: samples inserted by this batch (the others were stored before: a replay)
+    new: int = 0
+    #: (device, seq) of every sample of a known device, new or replayed: all are stored now
+    keys: list[tuple[str, int]] = field(default_factory=list)
+    #: devices the fleet does not know; their samples are dropped
+    unknown: set[str] = field(default_factory=set)
 
 
 def _larger(column: Any, value: Any) -> Any:
@@ -52,7 +66,8 @@ def sample_row(device_id: str, msg: Telemetry, received_at: float) -> dict[str, 
         "requests": requests,
         "errors": errors,
         "latency_ms_p95": p95,
-        "models": [m.model_dump(exclude_none=True) for m in msg.models],
+        # declared fields only: unknown extras would let a device store anything it likes
+        "models": [m.model_dump(include=_MODEL_FIELDS, exclude_none=True) for m in msg.models],
     }
 
 
@@ -118,8 +133,8 @@ def _insert_new_only(session: Session, rows: list[dict[str, Any]]) -> int:
     raise ConfigError(f"telemetry ingest supports PostgreSQL and SQLite, not {dialect}")
 
 
-def store_batch(session: Session, batch: list[tuple[str, Telemetry, float]]) -> int:
-    """Insert the samples of known devices that are not stored yet; returns how many were stored.
+def store_batch(session: Session, batch: list[tuple[str, Telemetry, float]]) -> StoredSamples:
+    """Insert the samples of known devices that are not stored yet; says what is stored now.
 
     Plain Core statements on purpose: loading ORM ``Device`` objects (and their JSON columns) for
     every batch cost more than the inserts themselves.
@@ -132,8 +147,9 @@ def store_batch(session: Session, batch: list[tuple[str, Telemetry, float]]) -> 
         if device_id in known and math.isfinite(msg.time) and math.isfinite(msg.interval_s):
             # the first copy wins, also within one batch
             rows.setdefault((device_id, msg.time, msg.seq), sample_row(device_id, msg, received_at))
+    unknown = ids - known
     if not rows:
-        return 0
+        return StoredSamples(unknown=unknown)
     stored = _insert_new_only(session, list(rows.values()))
     # The marks move only forward, so a repeat (older or equal) changes none but last_seen: the
     # device was heard from now. Replicas storing batches out of order never lower them either.
@@ -152,7 +168,7 @@ def store_batch(session: Session, batch: list[tuple[str, Telemetry, float]]) -> 
         ),
         [{"b_id": d, "b_seq": seq, "b_time": t, "b_seen": seen} for d, (seq, t, seen) in last.items()],
     )
-    return stored
+    return StoredSamples(stored, [(d, seq) for d, _, seq in rows], unknown)
 
 
 def prune(session: Session, older_than: float) -> int:

@@ -6,15 +6,28 @@ sender does not break an older reader; they refuse a schema version they do not 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sdk.errors import ProtocolError, validation_summary
 from sdk.manifest import check_name
 
 MESSAGE_SCHEMA = 1
+#: Bounds of every number on the wire, so a reader refuses an out-of-range message on its own
+#: instead of failing the database write of a whole batch. Sequence numbers, revisions and counters
+#: fit a 32-bit signed integer: the fleet's INTEGER columns on PostgreSQL (68 years of 1 Hz telemetry).
+MAX_INT = 2**31 - 1
+#: byte counts (memory, disk, bundle sizes) fit a 64-bit signed integer (BIGINT).
+MAX_BYTES = 2**63 - 1
+#: times are epoch seconds between 1970 and 2100; no reader trusts more than that.
+MAX_TIME = 4_102_444_800.0
+#: strings the fleet stores in a column of this width (model names, versions, profiles).
+MAX_NAME = 128
+#: list lengths: models on one device, tensors with drift.
+MAX_ITEMS = 256
 
 
 def now() -> float:
@@ -58,7 +71,7 @@ class DesiredModel(BaseModel):
     version: str
     bundle_url: str
     sha256: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_BYTES)
 
     @field_validator("name", "version")
     @classmethod
@@ -69,10 +82,10 @@ class DesiredModel(BaseModel):
 class DesiredState(Message):
     """fleet → agent, QoS 1, retained: what the device should run. Idempotent by ``revision``."""
 
-    revision: int = Field(ge=0)
-    models: list[DesiredModel] = Field(default_factory=list)
+    revision: int = Field(ge=0, le=MAX_INT)
+    models: list[DesiredModel] = Field(default_factory=list, max_length=MAX_ITEMS)
     rollout_id: str | None = None
-    issued_at: float = Field(default_factory=now)
+    issued_at: float = Field(default_factory=now, ge=0, le=MAX_TIME, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------- reported state
@@ -83,13 +96,13 @@ ModelStateName = Literal["downloading", "verifying", "active", "failed", "rolled
 class ReportedModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str
+    name: str = Field(max_length=MAX_NAME)
     #: the desired version this entry is about (the one that failed, when ``state`` is failed).
-    version: str | None = None
+    version: str | None = Field(None, max_length=MAX_NAME)
     state: ModelStateName
     #: the version actually serving now (differs from ``version`` after a failure or a rollback).
-    active_version: str | None = None
-    previous_version: str | None = None
+    active_version: str | None = Field(None, max_length=MAX_NAME)
+    previous_version: str | None = Field(None, max_length=MAX_NAME)
     error: str | None = None
 
 
@@ -97,14 +110,14 @@ class ReportedState(Message):
     """agent → fleet, QoS 1, retained: what the device has applied."""
 
     #: the last revision handled, also when it failed.
-    revision: int = Field(ge=-1)
+    revision: int = Field(ge=-1, le=MAX_INT)
     #: a newer revision being worked on right now, if any.
-    applying_revision: int | None = None
-    models: list[ReportedModel] = Field(default_factory=list)
-    agent_version: str
-    profile: str | None = None
+    applying_revision: int | None = Field(None, ge=-1, le=MAX_INT)
+    models: list[ReportedModel] = Field(default_factory=list, max_length=MAX_ITEMS)
+    agent_version: str = Field(max_length=64)
+    profile: str | None = Field(None, max_length=MAX_NAME)
     last_error: str | None = None
-    time: float = Field(default_factory=now)
+    time: float = Field(default_factory=now, ge=0, le=MAX_TIME, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------- status
@@ -114,7 +127,7 @@ class Status(Message):
     """agent → fleet, QoS 1, retained; the broker publishes :func:`offline_status` as last will."""
 
     state: Literal["online", "offline"]
-    time: float | None = None
+    time: float | None = Field(None, ge=0, le=MAX_TIME, allow_inf_nan=False)
 
 
 def offline_status() -> Status:
@@ -128,31 +141,48 @@ def offline_status() -> Status:
 class ModelTelemetry(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str
-    version: str
-    requests: int = Field(ge=0)
-    errors: int = Field(ge=0)
-    latency_ms_p50: float | None = None
-    latency_ms_p95: float | None = None
-    latency_ms_p99: float | None = None
+    name: str = Field(max_length=MAX_NAME)
+    version: str = Field(max_length=MAX_NAME)
+    requests: int = Field(ge=0, le=MAX_INT)
+    errors: int = Field(ge=0, le=MAX_INT)
+    latency_ms_p50: float | None = Field(None, ge=0, allow_inf_nan=False)
+    latency_ms_p95: float | None = Field(None, ge=0, allow_inf_nan=False)
+    latency_ms_p99: float | None = Field(None, ge=0, allow_inf_nan=False)
     #: per tensor: population stability index of live data vs the manifest's reference.
-    drift: dict[str, float] = Field(default_factory=dict)
+    drift: dict[str, float] = Field(default_factory=dict, max_length=MAX_ITEMS)
+
+    @field_validator("drift")
+    @classmethod
+    def _finite_drift(cls, v: dict[str, float]) -> dict[str, float]:
+        if not all(math.isfinite(x) for x in v.values()):
+            raise ValueError("drift values must be finite numbers")
+        return v
 
 
 class Telemetry(Message):
     """agent → fleet, QoS 1. Counters are per interval (since the previous message)."""
 
-    time: float = Field(default_factory=now)
+    time: float = Field(default_factory=now, ge=0, le=MAX_TIME, allow_inf_nan=False)
     #: per-device sequence number: buffered messages are sent in order and duplicates are dropped.
-    seq: int = Field(ge=0)
-    interval_s: float = Field(gt=0)
-    cpu_percent: float | None = None
-    memory_bytes: int | None = None
-    memory_percent: float | None = None
-    temperature_c: float | None = None
-    disk_free_bytes: int | None = None
-    disk_used_percent: float | None = None
-    models: list[ModelTelemetry] = Field(default_factory=list)
+    seq: int = Field(ge=0, le=MAX_INT)
+    #: at most a day: a longer interval is no telemetry
+    interval_s: float = Field(gt=0, le=86_400, allow_inf_nan=False)
+    #: psutil's system-wide figure (0-100); per-process figures may pass 100 on many cores.
+    cpu_percent: float | None = Field(None, ge=0, le=100_000, allow_inf_nan=False)
+    memory_bytes: int | None = Field(None, ge=0, le=MAX_BYTES)
+    memory_percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    #: finite, else unbounded: a broken thermal zone's reading must not cost the device its telemetry
+    temperature_c: float | None = Field(None, allow_inf_nan=False)
+    disk_free_bytes: int | None = Field(None, ge=0, le=MAX_BYTES)
+    disk_used_percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    models: list[ModelTelemetry] = Field(default_factory=list, max_length=MAX_ITEMS)
+
+    @model_validator(mode="after")
+    def _sums_fit(self) -> Telemetry:
+        # the fleet stores the per-message sums in one INTEGER column each
+        if sum(m.requests for m in self.models) > MAX_INT or sum(m.errors for m in self.models) > MAX_INT:
+            raise ValueError(f"the models' requests or errors add up to more than {MAX_INT}")
+        return self
 
 
 # ----------------------------------------------------------------------------------------- events
@@ -165,8 +195,8 @@ class Event(Message):
 
     kind: EventKind
     ok: bool = True
-    model: str | None = None
-    version: str | None = None
-    revision: int | None = None
+    model: str | None = Field(None, max_length=MAX_NAME)
+    version: str | None = Field(None, max_length=MAX_NAME)
+    revision: int | None = Field(None, ge=-1, le=MAX_INT)
     reason: str | None = None
-    time: float = Field(default_factory=now)
+    time: float = Field(default_factory=now, ge=0, le=MAX_TIME, allow_inf_nan=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,14 +33,33 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cur.close()
 
 
+def owner_only(path: Path) -> None:
+    """Make the SQLite file ``path`` (and its -wal, -shm and -journal files) readable by its owner only.
+
+    The database holds device telemetry and token hashes. SQLite creates its -wal and -shm files
+    with the mode of the database file, so creating that one 0600 (before SQLite does, with the
+    umask's 0644) covers them; existing files from an older start are tightened too.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            side = path.with_name(path.name + suffix)
+            if side.exists() and side.stat().st_mode & 0o077:
+                os.chmod(side, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the database file {path}: {exc.strerror or exc}") from None
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     try:
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
+            path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                owner_only(Path(path))
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:

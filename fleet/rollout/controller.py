@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from fleet import telemetry
 from fleet.db.models import Bundle, Device, EventRecord, Rollout, RolloutDevice, TelemetrySample
 from fleet.db.session import Database
+from fleet.retention import Retention, prune_device_data
 from fleet.rollout import desired, lease, service
 from fleet.rollout.states import (
     ACTIVE_DEVICE_STATES,
@@ -62,6 +62,7 @@ class RolloutController:
         holder: str | None = None,
         lease_s: float = 10.0,
         retention_s: float = 0.0,
+        retention: Retention | None = None,
     ) -> None:
         self.db = db
         self.publish = publish
@@ -74,6 +75,8 @@ class RolloutController:
         self._republish = threading.Event()
         #: telemetry older than this is deleted by the leader, at most once a minute (0: keep all).
         self.retention_s = retention_s
+        #: and events by age and count per device (fleet.retention); telemetry as retention_s says
+        self.retention = retention or Retention(telemetry_s=retention_s)
         self._pruned_at = 0.0
 
     # ------------------------------------------------------------------------------------ loop
@@ -126,13 +129,15 @@ class RolloutController:
 
     def _prune(self) -> None:
         now = time.time()
-        if self.retention_s <= 0 or now - self._pruned_at < 60:
+        if now - self._pruned_at < 60:
             return
         self._pruned_at = now
         with self.db.session() as s:
-            removed = telemetry.prune(s, now - self.retention_s)
-        if removed:
-            log.info("deleted %d telemetry samples older than %g s", removed, self.retention_s)
+            pruned = prune_device_data(s, self.retention, now)
+        if pruned.telemetry or pruned.events:
+            log.info(
+                "deleted %d telemetry samples and %d events past retention", pruned.telemetry, pruned.events
+            )
 
     # ------------------------------------------------------------------------------------ pass
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from fleet import audit, bundles
 from fleet.api.deps import ActorDep, ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
@@ -15,29 +16,57 @@ from fleet.api.download import bundle_response, check_device_may_download
 from fleet.context import FleetContext
 from fleet.errors import PayloadTooLargeError
 from fleet.schemas import BundleDetail, BundlePublic
+from sdk.errors import NotABundleError
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
 _CHUNK = 1024 * 1024
 
 
-@router.post("", response_model=BundlePublic, status_code=201)
-async def upload_bundle(file: UploadFile, ctx: ContextDep, actor: ActorDep, _: OperatorDep) -> BundlePublic:
-    """Upload an ``.efb``; its signature must verify against one of the fleet's trusted keys."""
-    staged = ctx.storage.staging_path(f"{secrets.token_hex(8)}.efb")
-    limit = int(ctx.settings.max_bundle_mb * 1024 * 1024)
-    size = 0
+#: the body as the route reads it itself (see ``upload_bundle``), for the OpenAPI document
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "the .efb"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", response_model=BundlePublic, status_code=201, openapi_extra=_UPLOAD_BODY)
+async def upload_bundle(request: Request, ctx: ContextDep, actor: ActorDep, _: OperatorDep) -> BundlePublic:
+    """Upload an ``.efb`` (multipart field ``file``); its signature must verify against one of the fleet's trusted keys."""
+    # The body is read here, after the token was checked: with an ``UploadFile`` parameter FastAPI
+    # reads all of it (300 MB from anyone) before any dependency runs. Its size and pace are
+    # bounded while it streams in by fleet.api.body_limits.
+    form = await request.form(max_files=1, max_fields=4)
     try:
-        with open(staged, "wb") as out:
-            while chunk := await file.read(_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(
-                        f"the bundle is larger than {ctx.settings.max_bundle_mb:g} MiB"
-                    )
-                out.write(chunk)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+        file = form.get("file")
+        if not isinstance(file, StarletteUploadFile):
+            raise NotABundleError("the upload needs the bundle in the multipart form field 'file'")
+        staged = ctx.storage.staging_path(f"{secrets.token_hex(8)}.efb")
+        limit = int(ctx.settings.max_bundle_mb * 1024 * 1024)
+        size = 0
+        try:
+            with open(staged, "wb") as out:
+                while chunk := await file.read(_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLargeError(
+                            f"the bundle is larger than {ctx.settings.max_bundle_mb:g} MiB"
+                        )
+                    out.write(chunk)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+    finally:
+        await form.close()
     # Verifying and storing (an S3 upload of gigabytes) blocks: off the event loop, so the
     # replica keeps serving everything else meanwhile.
     return await run_in_threadpool(_store, ctx, staged, actor)
