@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sdk.errors import ConfigError
+from sdk.topics import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,15 @@ class MqttLink:
             handler = self._subscriptions.get(message.topic)
         if handler is None:
             log.debug("ignoring message on %s", message.topic)
+            return
+        if len(message.payload) > MAX_PAYLOAD_BYTES:
+            # Dropped before anything parses it: no legitimate desired state comes near the limit.
+            log.warning(
+                "dropped a %d-byte message on %s: the limit is %d bytes",
+                len(message.payload),
+                message.topic,
+                MAX_PAYLOAD_BYTES,
+            )
             return
         try:
             handler(message.topic, message.payload)
