@@ -3,10 +3,19 @@
 No web framework: the routes are few and fixed, and a framework's request parsing would add
 latency and memory on small devices. Errors are mapped to a status in one place
 (:meth:`AgentApp.__call__`): an :class:`EdgeError` carries its own ``http_status``.
+
+With an API token, every endpoint but ``/v2/health/*`` needs ``Authorization: Bearer <token>``
+(health stays open for load balancers and orchestrators). A request body is read in chunks into one
+buffer under a size cap; bodies above :data:`LARGE_BODY_BYTES` are read and parsed one at a time,
+parsing in a worker thread, so a huge request bounds memory and never stalls the event loop that
+answers health checks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,6 +36,11 @@ Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 _JSON = [(b"content-type", b"application/json")]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_JSON_BYTES = 8 * 1024 * 1024
+#: bodies above this are read one at a time and parsed off the event loop.
+LARGE_BODY_BYTES = 1024 * 1024
+#: a client that sends nothing for this long while its body is due is cut off (408).
+BODY_IDLE_TIMEOUT_S = 30.0
 
 
 class BodyTooLargeError(ProtocolError):
@@ -35,6 +49,14 @@ class BodyTooLargeError(ProtocolError):
 
 class MethodNotAllowedError(ProtocolError):
     http_status = 405
+
+
+class BodyTimeoutError(ProtocolError):
+    http_status = 408
+
+
+class UnauthorizedError(ProtocolError):
+    http_status = 401
 
 
 class _ClientGone(Exception):
@@ -54,11 +76,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 class AgentApp:
     def __init__(
-        self, dataplane: DataPlane, metrics: AgentMetrics, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        dataplane: DataPlane,
+        metrics: AgentMetrics,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        *,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        api_token: str | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes
+        self._token = api_token.encode("utf-8") if api_token else None
+        self._large_bodies = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -67,11 +98,14 @@ class AgentApp:
         if scope["type"] != "http":
             return
         try:
+            self._authorize(scope)
             status, body, headers = await self._route(scope, receive)
         except _ClientGone:
             return
         except EdgeError as exc:
             status, body, headers = _json(exc.http_status, {"error": str(exc)})
+            if isinstance(exc, UnauthorizedError):
+                headers = [*headers, (b"www-authenticate", b"Bearer")]
         except Exception:
             log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             status, body, headers = _json(500, {"error": "internal error; see the agent's log"})
@@ -85,6 +119,15 @@ class AgentApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    def _authorize(self, scope: Scope) -> None:
+        if self._token is None or scope["path"].startswith("/v2/health/"):
+            return
+        given = _header(scope, b"authorization") or ""
+        scheme, _, token = given.partition(" ")
+        # compare_digest: the time taken says nothing about how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self._token):
+            raise UnauthorizedError("this agent needs Authorization: Bearer <api token>")
 
     async def _route(self, scope: Scope, receive: Receive) -> Reply:
         method: str = scope["method"]
@@ -131,8 +174,17 @@ class AgentApp:
         self.dataplane.model_ready(name, version)
         if (_header(scope, b"content-encoding") or "identity") != "identity":
             raise ProtocolError("compressed request bodies are not supported; send them uncompressed")
-        body = await self._read_body(scope, receive)
-        request = decode_request(body, _header(scope, HEADER_LENGTH.encode()), name, version)
+        header_length = _header(scope, HEADER_LENGTH.encode())
+        declared = _header(scope, b"content-length")
+        large = declared is None or not declared.isdigit() or int(declared) > LARGE_BODY_BYTES
+        # One large body at a time: memory stays near one body and its parse, whatever the clients do.
+        async with self._large_bodies if large else contextlib.nullcontext():
+            body = await self._read_body(scope, receive, json_only=header_length is None)
+            if len(body) > LARGE_BODY_BYTES:
+                request = await asyncio.to_thread(decode_request, body, header_length, name, version)
+            else:
+                request = decode_request(body, header_length, name, version)
+            del body
         response = await self.dataplane.infer(request)
         payload, header_length = encode_response(response, request)
         if header_length is None:
@@ -146,24 +198,33 @@ class AgentApp:
             ],
         )
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        cap = self.max_body_bytes
+    async def _read_body(self, scope: Scope, receive: Receive, *, json_only: bool) -> bytes | bytearray:
+        """The body, refused (413) as soon as it passes the cap: the JSON cap for a JSON body."""
+        cap = min(self.max_json_bytes, self.max_body_bytes) if json_only else self.max_body_bytes
+        what = "JSON request body" if json_only else "request body"
+        hint = "; send large tensors with the binary tensor extension" if json_only else ""
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise BodyTooLargeError(f"the request body is {declared} bytes; this agent accepts at most {cap}")
-        chunks: list[bytes] = []
-        size = 0
+            raise BodyTooLargeError(f"the {what} is {declared} bytes; this agent accepts at most {cap}{hint}")
+        body: bytes | bytearray = b""
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise BodyTimeoutError(f"no request body data for {BODY_IDLE_TIMEOUT_S:g} s") from None
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                raise BodyTooLargeError(f"the request body passes the {cap}-byte cap of this agent")
-            chunks.append(chunk)
+            if len(body) + len(chunk) > cap:
+                raise BodyTooLargeError(f"the {what} passes the {cap}-byte cap of this agent{hint}")
+            if not body:
+                body = chunk  # the common case, one chunk: no copy
+            else:
+                if isinstance(body, bytes):
+                    body = bytearray(body)
+                body += chunk
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return body
 
     @staticmethod
     def _only(method: str, allowed: str) -> None:

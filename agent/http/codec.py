@@ -21,6 +21,8 @@ from sdk.errors import DatatypeError, InvalidInputError, ProtocolError
 HEADER_LENGTH = "inference-header-content-length"
 #: refuse shapes whose element count alone would be absurd, before allocating anything.
 _MAX_ELEMENTS = 1 << 31
+#: deepest nesting of a tensor's JSON ``data``; no model input comes near it.
+MAX_DATA_NESTING = 32
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
@@ -45,14 +47,16 @@ def _shape(raw: Any, where: str) -> list[int]:
     return raw
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, depth: int = 0) -> list[Any]:
     if not isinstance(data, list):
         return [data]
+    if depth >= MAX_DATA_NESTING:
+        raise ProtocolError(f"'data' is nested deeper than {MAX_DATA_NESTING} levels")
     if all(not isinstance(x, list) for x in data):
         return data
     out: list[Any] = []
     for x in data:
-        out.extend(_flatten(x))
+        out.extend(_flatten(x, depth + 1))
     return out
 
 
@@ -75,7 +79,9 @@ def _json_tensor(data: Any, datatype: str, shape: list[int], where: str) -> np.n
         raise InvalidInputError(f"{where}: data does not fit {datatype}: {exc}") from None
 
 
-def decode_request(body: bytes, header_length: str | None, model: str, version: str | None) -> InferRequest:
+def decode_request(
+    body: bytes | bytearray, header_length: str | None, model: str, version: str | None
+) -> InferRequest:
     """Parse an infer body; raises :class:`ProtocolError`/:class:`InvalidInputError` for anything malformed."""
     binary = memoryview(b"")
     if header_length is not None:
@@ -95,6 +101,8 @@ def decode_request(body: bytes, header_length: str | None, model: str, version: 
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("the request body's JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the request body must be a JSON object")
     raw_inputs = _field(doc, "inputs", list, "request")
