@@ -160,6 +160,7 @@ class AgentService:
             finally:
                 self._sync = None
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.app.close()
         self.sock.close()
 
     # ------------------------------------------------------------------------------ helpers

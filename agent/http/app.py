@@ -7,8 +7,8 @@ latency and memory on small devices. Errors are mapped to a status in one place
 With an API token, every endpoint but ``/v2/health/*`` needs ``Authorization: Bearer <token>``
 (health stays open for load balancers and orchestrators). A request body is read in chunks into one
 buffer under a size cap; bodies above :data:`LARGE_BODY_BYTES` are read and parsed one at a time,
-parsing in a worker thread, so a huge request bounds memory and never stalls the event loop that
-answers health checks.
+large JSON in a worker process (:mod:`agent.http.offload`), so a huge request bounds memory and
+never stalls the event loop that answers health checks.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.dataplane import DataPlane
-from agent.http.codec import HEADER_LENGTH, decode_request, encode_response
+from agent.http.codec import HEADER_LENGTH, JSON_SLICE, decode_request, encode_response_parts
+from agent.http.offload import OffloadedDecoder
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.metrics import AgentMetrics
 from sdk.errors import EdgeError, ModelNotFoundError, ProtocolError
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+#: status, body (or the parts of one, sent one after the other), headers
+Reply = tuple[int, bytes | list[bytes], list[tuple[bytes, bytes]]]
 
 _JSON = [(b"content-type", b"application/json")]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -67,6 +69,10 @@ def _json(status: int, doc: dict[str, Any]) -> Reply:
     return status, json.dumps(doc, separators=(",", ":")).encode("utf-8"), _JSON
 
 
+def _int_or_zero(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -90,6 +96,11 @@ class AgentApp:
         self.max_json_bytes = max_json_bytes
         self._token = api_token.encode("utf-8") if api_token else None
         self._large_bodies = asyncio.Semaphore(1)
+        self._offload = OffloadedDecoder()
+
+    def close(self) -> None:
+        """Stop the request parser process, if one was started."""
+        self._offload.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -111,14 +122,18 @@ class AgentApp:
             status, body, headers = _json(500, {"error": "internal error; see the agent's log"})
         if status >= 400:
             self.metrics.http_errors.labels(str(status)).inc()
+        parts = body if isinstance(body, list) else [body]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                "headers": [*headers, (b"content-length", str(sum(len(p) for p in parts)).encode())],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        parts.reverse()  # popped as sent: each part is freed once it is on its way
+        while parts:
+            part = parts.pop()
+            await send({"type": "http.response.body", "body": part, "more_body": bool(parts)})
 
     def _authorize(self, scope: Scope) -> None:
         if self._token is None or scope["path"].startswith("/v2/health/"):
@@ -180,21 +195,28 @@ class AgentApp:
         # One large body at a time: memory stays near one body and its parse, whatever the clients do.
         async with self._large_bodies if large else contextlib.nullcontext():
             body = await self._read_body(scope, receive, json_only=header_length is None)
-            if len(body) > LARGE_BODY_BYTES:
+            json_size = len(body) if header_length is None else _int_or_zero(header_length)
+            if json_size > LARGE_BODY_BYTES:
+                request = await self._offload.decode(body, header_length, name, version)
+            elif len(body) > LARGE_BODY_BYTES:  # binary tensors: copies that release the GIL
                 request = await asyncio.to_thread(decode_request, body, header_length, name, version)
             else:
                 request = decode_request(body, header_length, name, version)
             del body
-        response = await self.dataplane.infer(request)
-        payload, header_length = encode_response(response, request)
-        if header_length is None:
+            response = await self.dataplane.infer(request)
+            if sum(t.data.size for t in response.outputs) > JSON_SLICE:
+                payload, json_length = await asyncio.to_thread(encode_response_parts, response, request)
+            else:
+                payload, json_length = encode_response_parts(response, request)
+            del request, response
+        if json_length is None:
             return 200, payload, _JSON
         return (
             200,
             payload,
             [
                 (b"content-type", b"application/octet-stream"),
-                (HEADER_LENGTH.encode(), str(header_length).encode()),
+                (HEADER_LENGTH.encode(), str(json_length).encode()),
             ],
         )
 
@@ -206,15 +228,11 @@ class AgentApp:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise BodyTooLargeError(f"the {what} is {declared} bytes; this agent accepts at most {cap}{hint}")
+        if declared is not None and declared.isdigit() and int(declared) > LARGE_BODY_BYTES:
+            return await self._read_sized_body(receive, int(declared))
         body: bytes | bytearray = b""
         while True:
-            try:
-                message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise BodyTimeoutError(f"no request body data for {BODY_IDLE_TIMEOUT_S:g} s") from None
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
+            chunk, more = await self._next_chunk(receive)
             if len(body) + len(chunk) > cap:
                 raise BodyTooLargeError(f"the {what} passes the {cap}-byte cap of this agent{hint}")
             if not body:
@@ -223,8 +241,36 @@ class AgentApp:
                 if isinstance(body, bytes):
                     body = bytearray(body)
                 body += chunk
-            if not message.get("more_body", False):
+            if not more:
                 return body
+
+    @staticmethod
+    async def _next_chunk(receive: Receive) -> tuple[bytes, bool]:
+        try:
+            message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise BodyTimeoutError(f"no request body data for {BODY_IDLE_TIMEOUT_S:g} s") from None
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        return message.get("body", b""), message.get("more_body", False)
+
+    async def _read_sized_body(self, receive: Receive, size: int) -> bytearray:
+        """A large body of a declared size (already checked against the cap), read into one buffer
+        of exactly that size: no growing copies."""
+        body = bytearray(size)
+        view = memoryview(body)
+        filled = 0
+        more = True
+        while more:
+            chunk, more = await self._next_chunk(receive)
+            if filled + len(chunk) > size:
+                raise ProtocolError(f"the request body is longer than its Content-Length {size}")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        if filled != size:
+            raise ProtocolError(f"the request body ended after {filled} of its {size} bytes")
+        return body
 
     @staticmethod
     def _only(method: str, allowed: str) -> None:
