@@ -74,7 +74,7 @@ def ensure_ca(folder: Path, common_name: str = "edgefleet site CA") -> CertPair:
         if pair.key.stat().st_mode & 0o077:
             os.chmod(pair.key, 0o600)
         return pair
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (

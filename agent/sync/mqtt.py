@@ -12,6 +12,7 @@ Callbacks run on paho's network thread: they must be quick and must not block.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class MqttLink:
         username: str | None,
         password: str | None,
         ca_file: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
         will: Outgoing | None = None,
         birth: Callable[[], Outgoing] | None = None,
         protocol: ProtocolVersion = "3.1.1",
@@ -108,7 +110,10 @@ class MqttLink:
         if username is not None:
             client.username_pw_set(username, password)
         if self.address.tls:
-            client.tls_set(ca_certs=ca_file)
+            if tls_context is not None:  # the site CA from the credentials
+                client.tls_set_context(tls_context)
+            else:
+                client.tls_set(ca_certs=ca_file)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         # paho doubles the delay after each failed attempt up to the maximum.
