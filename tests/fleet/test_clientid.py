@@ -129,3 +129,22 @@ def test_embedded_broker_refuses_another_devices_client_id(tmp_path: Path) -> No
             assert_victim_holds(mport, api, victim, "attacker", attacker_creds.mqtt_password)
         finally:
             victim.close()
+
+
+def test_password_file_mosquitto_with_username_as_client_id_keeps_the_victim(tmp_path: Path) -> None:
+    """Without dynamic security, ``use_username_as_clientid`` is Mosquitto's binding: the attacker's
+    client id is replaced by its own username, so it lands in its own session, not the victim's."""
+    from sdk.topics import acl_pattern
+
+    users = {"victim": "victim-pw", "attacker": "attacker-pw"}
+    with run_mosquitto(tmp_path / "mq", users=users, acl=acl_pattern(), username_as_clientid=True) as broker:
+        victim = Victim(broker.port, "victim", users["victim"])
+        try:
+            for _ in range(ATTEMPTS):
+                attack(broker.port, "attacker", users["attacker"], "victim")
+            time.sleep(1.0)
+            assert victim.drops == 0 and victim.c.is_connected(), (
+                f"the victim was dropped {victim.drops} times"
+            )
+        finally:
+            victim.close()
