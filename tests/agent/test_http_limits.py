@@ -194,6 +194,26 @@ def test_deep_json_is_a_4xx_never_a_500(affine: ModelStore, start_agent: Callabl
     assert httpx.get(agent.url + "/v2/health/ready").status_code == 200
 
 
+def test_body_caps_hold_without_a_content_length(
+    affine: ModelStore, start_agent: Callable[..., AgentService]
+) -> None:
+    agent = start_agent(max_body_bytes=4 * 2**20, max_json_bytes=2**20)
+    url = agent.url + "/v2/models/affine/infer"
+
+    def chunks(total: int) -> Iterator[bytes]:
+        for _ in range(total // 65536):
+            yield b" " * 65536
+
+    # chunked transfer: the cap is enforced as the bytes arrive, JSON's lower one first
+    r = httpx.post(url, content=chunks(3 * 2**20), timeout=30)
+    assert r.status_code == 413 and "JSON" in r.json()["error"]
+    r = httpx.post(
+        url, content=chunks(8 * 2**20), headers={"inference-header-content-length": "10"}, timeout=30
+    )
+    assert r.status_code == 413 and "4194304" in r.json()["error"]
+    assert httpx.get(agent.url + "/v2/health/ready").status_code == 200
+
+
 def _json_body(mib: float) -> bytes:
     rows = int(mib * 1024 * 1024 / 41.5)  # about 10.4 characters per number, 4 numbers a row
     data = np.random.default_rng(0).standard_normal(rows * 4).round(6).tolist()
