@@ -8,6 +8,7 @@ onnxruntime are loaded. Every command runs through :func:`sdk.console.run_cli`, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=64.0,
         metavar="MIB",
         help="largest request body accepted (default 64 MiB)",
+    )
+    p.add_argument(
+        "--max-json-mb",
+        type=float,
+        default=8.0,
+        metavar="MIB",
+        help="largest JSON request (or JSON header of a binary one) accepted (default 8 MiB; "
+        "parsed JSON takes 10-20 times its size in memory: send large tensors as binary data)",
+    )
+    p.add_argument(
+        "--api-token",
+        default=os.environ.get("EDGE_AGENT_API_TOKEN"),
+        metavar="TOKEN",
+        help="require Authorization: Bearer TOKEN on every endpoint but /v2/health/* "
+        "(default: $EDGE_AGENT_API_TOKEN, which keeps it out of the process list)",
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="require a client certificate signed by this CA (mutual TLS)",
     )
     p.add_argument(
         "--max-concurrency",
@@ -171,7 +195,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from agent.service import run_forever
-    from agent.settings import AgentSettings, SyncSettings
+    from agent.settings import AgentSettings, ServerTLS, SyncSettings
     from sdk.errors import ConfigError
 
     sync_flags = {
@@ -193,6 +217,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             credentials_file=args.credentials,
             telemetry_interval_s=args.telemetry_interval,
         )
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+        for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{path} does not exist")
+        tls = ServerTLS(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
     host, port = args.listen
     settings = AgentSettings(
         data_dir=args.data_dir,
@@ -200,6 +232,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_json_bytes=int(args.max_json_mb * 1024 * 1024),
+        api_token=args.api_token or None,
+        tls=tls,
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
         max_batch_size=args.max_batch_size,

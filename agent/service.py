@@ -62,6 +62,7 @@ class AgentService:
         """Open the store, bind (a taken port fails before any model loads), check the active
         versions, and build the HTTP side while their runtimes load in the background."""
         self.settings = settings
+        settings.check_exposure()
         self.store = ModelStore(settings.data_dir, load_trusted_keys(settings.trusted_key_paths()))
         self.sock: socket.socket = bind(settings.host, settings.port)
         try:
@@ -93,8 +94,14 @@ class AgentService:
             self.store, self.metrics, self.executor, settings.scheduling, settings.threads
         )
         self.dataplane = DataPlane(self.repository, self.metrics)
-        self.app = AgentApp(self.dataplane, self.metrics, settings.max_body_bytes)
-        self._server: AgentServer = make_server(self.app)
+        self.app = AgentApp(
+            self.dataplane,
+            self.metrics,
+            settings.max_body_bytes,
+            max_json_bytes=settings.max_json_bytes,
+            api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        )
+        self._server: AgentServer = make_server(self.app, settings.tls)
 
     @property
     def port(self) -> int:
@@ -102,7 +109,8 @@ class AgentService:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     # --------------------------------------------------------------------------------- steps
 
@@ -152,6 +160,7 @@ class AgentService:
             finally:
                 self._sync = None
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.app.close()
         self.sock.close()
 
     # ------------------------------------------------------------------------------ helpers

@@ -6,11 +6,13 @@ fleet's dependencies, and every value comes from the command line anyway.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agent.batching import SchedulingConfig
+from sdk.errors import ConfigError
 
 
 class SyncSettings(BaseModel):
@@ -23,6 +25,25 @@ class SyncSettings(BaseModel):
     telemetry_interval_s: float = Field(10.0, gt=0)
 
 
+class ServerTLS(BaseModel):
+    """HTTPS for the inference API; with ``client_ca``, only clients with a certificate it signed get in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AgentSettings(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -31,6 +52,12 @@ class AgentSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=0, le=65535)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    #: JSON (the request without binary tensors, or the JSON header before them) is capped lower:
+    #: parsed, it takes 10-20 times its size in memory. Larger tensors go in the binary extension.
+    max_json_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    #: every endpoint but ``/v2/health/*`` then needs ``Authorization: Bearer <token>``.
+    api_token: SecretStr | None = None
+    tls: ServerTLS | None = None
     #: 4, not 2: with 2 cores, 4 runs in flight served a memory-bound 100 MB model 10-15% faster
     #: at concurrency 4 and 16 (bench/agent.py), same latency at concurrency 1.
     max_concurrency: int = Field(4, ge=1)
@@ -47,6 +74,19 @@ class AgentSettings(BaseModel):
 
     #: per model batching that overrides the defaults above: name -> (max batch size, max queue delay ms).
     model_batching: dict[str, tuple[int, float]] = Field(default_factory=dict)
+
+    def check_exposure(self) -> None:
+        """A listener other than loopback needs a token or client certificates: an inference API
+        open to the network would let anyone use (and probe) the models."""
+        if is_loopback(self.host) or self.api_token is not None:
+            return
+        if self.tls is not None and self.tls.client_ca is not None:
+            return
+        raise ConfigError(
+            f"refusing to listen on {self.host} without authentication; pass --api-token "
+            "(or EDGE_AGENT_API_TOKEN) or TLS client certificates (--tls-cert, --tls-key, --tls-client-ca), "
+            "or listen on 127.0.0.1"
+        )
 
     def scheduling(self, model: str) -> SchedulingConfig:
         size, delay = self.model_batching.get(model, (self.max_batch_size, self.max_queue_delay_ms))

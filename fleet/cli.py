@@ -61,6 +61,19 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="public key (or folder) bundles must be signed with",
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https and mqtts with a site CA kept in DATA_DIR/tls (made on first use); "
+        "device credentials then carry the CA",
+    )
+    up.add_argument(
+        "--tls-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name or address devices reach this machine by, for the certificate (repeatable)",
+    )
 
     serve = sub.add_parser("serve", help="one stateless replica on PostgreSQL, Mosquitto and shared storage")
     serve.add_argument(
@@ -99,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         help="create device broker accounts with Mosquitto's dynamic security plugin",
     )
     serve.add_argument("--controller-interval", type=float, default=0.5)
+    serve.add_argument("--tls-cert", type=Path, help="serve https with this certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
+    serve.add_argument(
+        "--device-ca-file",
+        type=Path,
+        help="CA certificate (PEM) handed to devices in their credentials, to verify https and mqtts",
+    )
 
     token = sub.add_parser("token", help="API tokens: create, list, revoke (on the database directly)")
     tsub = token.add_subparsers(dest="token_command", required=True)
@@ -134,7 +154,22 @@ def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
     # Built here, not in the server's start-up, so bad settings are one line from run_cli.
     context = build_context(settings)
     app = create_app(settings, context=context)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    ssl_options = {}
+    if settings.tls_cert is not None:
+        ssl_options = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    uvicorn.run(app, host=host, port=port, log_level="warning", **ssl_options)
+
+
+def _site_tls(data: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
+    """The site CA of ``data`` (made once, reused after) and a server certificate for ``hosts``."""
+    from sdk import tls
+
+    folder = data / "tls"
+    ca = tls.ensure_ca(folder)
+    server = tls.issue(
+        ca, tls.CertPair(folder / "server.pem", folder / "server.key"), tls.server_names(hosts)
+    )
+    return ca.cert, server.cert, server.key
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -154,10 +189,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         trust.append(data / "trusted-keys")
     admin_password = secrets.token_urlsafe(24)
     broker_host = "127.0.0.1" if mhost in ("0.0.0.0", "") else mhost
+    ca_file = cert = key = None
+    if args.tls:
+        ca_file, cert, key = _site_tls(data, [host, mhost, *args.tls_host])
+    mqtt_scheme = "mqtts" if args.tls else "mqtt"
     settings = FleetSettings(
         db_url=f"sqlite:///{data / 'fleet.db'}",
         storage=str(data / "bundles"),
-        broker_url=f"mqtt://{broker_host}:{mport}",
+        broker_url=f"{mqtt_scheme}://{broker_host}:{mport}",
+        broker_ca_file=ca_file,
+        tls_cert=cert,
+        tls_key=key,
+        device_ca_file=ca_file,
         broker_username="edge-fleet",
         broker_password=admin_password,
         mqtt_protocol="3.1.1",
@@ -171,15 +214,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     token_file = data / "admin-token"
     with db.session() as s:
         token, created = auth.kept_admin_token(s, token_file)
-    broker = EmbeddedBroker(mhost, mport, BrokerAuthority(db, "edge-fleet", admin_password))
+    broker = EmbeddedBroker(
+        mhost,
+        mport,
+        BrokerAuthority(db, "edge-fleet", admin_password),
+        tls=(cert, key) if cert is not None and key is not None else None,
+    )
     broker.start()
     base = settings.base_url()
     sys.stdout.write(
         f"edge-fleet is up\n"
         f"  dashboard  {base}/\n"
         f"  API        {base}/api/v1   (OpenAPI: {base}/docs)\n"
-        f"  MQTT       mqtt://{broker_host}:{mport}   (embedded amqtt, MQTT 3.1.1)\n"
-        f"  data       {data}\n"
+        f"  MQTT       {mqtt_scheme}://{broker_host}:{mport}   (embedded amqtt, MQTT 3.1.1)\n"
+        + (f"  site CA    {ca_file}   (devices get it in their credentials)\n" if ca_file else "")
+        + f"  data       {data}\n"
         f"  trusted signing keys: {len(trust) or 'none (bundle uploads are refused; use --trust-key)'}\n"
         f"  admin token file {token_file} ({'new' if created else 'kept from an earlier start'}, mode 0600)\n"
         f"admin token:\n{token}\n"
@@ -200,6 +249,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("serve needs --db URL (or EDGEFLEET_DB_URL)")
     host, port = _host_port(args.listen, "--listen")
     check_port_free(host, port, "--listen")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("https needs both --tls-cert and --tls-key")
     settings = FleetSettings(
         db_url=args.db,
         broker_url=args.broker,
@@ -213,6 +264,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trust_keys=args.trust_key,
         listen_host=host,
         listen_port=port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        device_ca_file=args.device_ca_file,
         public_url=args.public_url,
         device_broker_url=args.device_broker_url,
         controller_interval_s=args.controller_interval,

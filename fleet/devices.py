@@ -66,6 +66,7 @@ def register(
         mqtt_password=password,
         fleet_url=settings.base_url(),
         broker_url=settings.device_broker_url or settings.broker_url or None,
+        ca_pem=settings.device_ca_pem(),
     )
 
 

@@ -47,6 +47,11 @@ class FleetSettings(BaseSettings):
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8800
+    #: serve https with this certificate chain and key (``edge-fleet up --tls`` issues them).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: the CA handed to devices in their credentials (``ca_pem``) to verify https and mqtts.
+    device_ca_file: Path | None = None
     #: base URL devices use to download bundles; defaults to ``http://{listen}``.
     public_url: str | None = None
     #: the broker URL handed to devices at registration; defaults to ``broker_url``.
@@ -87,4 +92,12 @@ class FleetSettings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::", "") else self.listen_host
-        return f"http://{host}:{self.listen_port}"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.listen_port}"
+
+    def device_ca_pem(self) -> str | None:
+        """The PEM text of :attr:`device_ca_file`, for device credentials."""
+        if self.device_ca_file is None:
+            return None
+        return self.device_ca_file.read_text(encoding="ascii")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from sdk.errors import ConfigError, validation_summary
 from sdk.fsio import write_atomic
@@ -17,6 +18,11 @@ class DeviceCredentials(BaseModel):
     ``token`` authenticates the device to the fleet's HTTP API (bundle downloads);
     ``mqtt_username`` / ``mqtt_password`` to the broker, where the ACL confines the device to its own
     ``edgefleet/v1/devices/{device_id}/`` topics.
+
+    The CA that verifies the fleet's https and the broker's mqtts comes inline as ``ca_pem`` (a
+    fleet with TLS, ``edge-fleet up --tls``, issues it so: the credentials file is all a device
+    needs), or as ``ca_file``, a PEM file an operator puts beside it (a relative path is relative to
+    the credentials file). ``ca_file`` wins when both are there; with neither, the system's CAs.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -29,6 +35,23 @@ class DeviceCredentials(BaseModel):
     broker_url: str | None = None
     #: PEM CA bundle to verify the broker's and fleet's TLS certificates (mqtts://, https://).
     ca_file: str | None = None
+    #: the same, inline: the site CA certificate(s) as PEM text.
+    ca_pem: str | None = None
+    _folder: Path | None = PrivateAttr(default=None)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context that trusts only this CA, or None when neither field names one."""
+        try:
+            if self.ca_file:
+                path = Path(self.ca_file)
+                if not path.is_absolute() and self._folder is not None:
+                    path = self._folder / path
+                return ssl.create_default_context(cafile=str(path))
+            if self.ca_pem:
+                return ssl.create_default_context(cadata=self.ca_pem)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA of the credentials of {self.device_id}: {exc}") from None
+        return None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -40,7 +63,9 @@ class DeviceCredentials(BaseModel):
     def load(cls, path: str | Path) -> DeviceCredentials:
         path = Path(path)
         try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            credentials = cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            credentials._folder = path.parent
+            return credentials
         except OSError as exc:
             raise ConfigError(f"cannot read credentials {path}: {exc.strerror or exc}") from None
         except ValidationError as exc:

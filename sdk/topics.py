@@ -63,3 +63,10 @@ def acl_pattern() -> str:
     lines = [f"pattern read {PREFIX}/%u/desired"]
     lines += [f"pattern write {PREFIX}/%u/{kind}" for kind in KINDS if kind != "desired"]
     return "\n".join(lines)
+
+
+#: The largest message payload edgefleet sends or accepts on any topic. Every legitimate message is
+#: a few KiB; brokers refuse larger publishes and the fleet and agent drop them before parsing.
+MAX_PAYLOAD_BYTES = 256 * 1024
+#: The broker-side bound on a whole MQTT packet: the payload plus room for topic and properties.
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 8 * 1024

@@ -3,17 +3,27 @@
 No web framework: the routes are few and fixed, and a framework's request parsing would add
 latency and memory on small devices. Errors are mapped to a status in one place
 (:meth:`AgentApp.__call__`): an :class:`EdgeError` carries its own ``http_status``.
+
+With an API token, every endpoint but ``/v2/health/*`` needs ``Authorization: Bearer <token>``
+(health stays open for load balancers and orchestrators). A request body is read in chunks into one
+buffer under a size cap; bodies above :data:`LARGE_BODY_BYTES` are read and parsed one at a time,
+large JSON in a worker process (:mod:`agent.http.offload`), so a huge request bounds memory and
+never stalls the event loop that answers health checks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.dataplane import DataPlane
-from agent.http.codec import HEADER_LENGTH, decode_request, encode_response
+from agent.http.codec import HEADER_LENGTH, JSON_SLICE, decode_request, encode_response_parts
+from agent.http.offload import OffloadedDecoder
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.metrics import AgentMetrics
 from sdk.errors import EdgeError, ModelNotFoundError, ProtocolError
@@ -23,10 +33,16 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+#: status, body (or the parts of one, sent one after the other), headers
+Reply = tuple[int, bytes | list[bytes], list[tuple[bytes, bytes]]]
 
 _JSON = [(b"content-type", b"application/json")]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_JSON_BYTES = 8 * 1024 * 1024
+#: bodies above this are read one at a time and parsed off the event loop.
+LARGE_BODY_BYTES = 1024 * 1024
+#: a client that sends nothing for this long while its body is due is cut off (408).
+BODY_IDLE_TIMEOUT_S = 30.0
 
 
 class BodyTooLargeError(ProtocolError):
@@ -37,12 +53,24 @@ class MethodNotAllowedError(ProtocolError):
     http_status = 405
 
 
+class BodyTimeoutError(ProtocolError):
+    http_status = 408
+
+
+class UnauthorizedError(ProtocolError):
+    http_status = 401
+
+
 class _ClientGone(Exception):
     pass
 
 
 def _json(status: int, doc: dict[str, Any]) -> Reply:
     return status, json.dumps(doc, separators=(",", ":")).encode("utf-8"), _JSON
+
+
+def _int_or_zero(text: str) -> int:
+    return int(text) if text.isdigit() else 0
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -54,11 +82,25 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 class AgentApp:
     def __init__(
-        self, dataplane: DataPlane, metrics: AgentMetrics, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        dataplane: DataPlane,
+        metrics: AgentMetrics,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        *,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        api_token: str | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes
+        self._token = api_token.encode("utf-8") if api_token else None
+        self._large_bodies = asyncio.Semaphore(1)
+        self._offload = OffloadedDecoder()
+
+    def close(self) -> None:
+        """Stop the request parser process, if one was started."""
+        self._offload.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -67,24 +109,40 @@ class AgentApp:
         if scope["type"] != "http":
             return
         try:
+            self._authorize(scope)
             status, body, headers = await self._route(scope, receive)
         except _ClientGone:
             return
         except EdgeError as exc:
             status, body, headers = _json(exc.http_status, {"error": str(exc)})
+            if isinstance(exc, UnauthorizedError):
+                headers = [*headers, (b"www-authenticate", b"Bearer")]
         except Exception:
             log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             status, body, headers = _json(500, {"error": "internal error; see the agent's log"})
         if status >= 400:
             self.metrics.http_errors.labels(str(status)).inc()
+        parts = body if isinstance(body, list) else [body]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                "headers": [*headers, (b"content-length", str(sum(len(p) for p in parts)).encode())],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        parts.reverse()  # popped as sent: each part is freed once it is on its way
+        while parts:
+            part = parts.pop()
+            await send({"type": "http.response.body", "body": part, "more_body": bool(parts)})
+
+    def _authorize(self, scope: Scope) -> None:
+        if self._token is None or scope["path"].startswith("/v2/health/"):
+            return
+        given = _header(scope, b"authorization") or ""
+        scheme, _, token = given.partition(" ")
+        # compare_digest: the time taken says nothing about how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self._token):
+            raise UnauthorizedError("this agent needs Authorization: Bearer <api token>")
 
     async def _route(self, scope: Scope, receive: Receive) -> Reply:
         method: str = scope["method"]
@@ -131,39 +189,88 @@ class AgentApp:
         self.dataplane.model_ready(name, version)
         if (_header(scope, b"content-encoding") or "identity") != "identity":
             raise ProtocolError("compressed request bodies are not supported; send them uncompressed")
-        body = await self._read_body(scope, receive)
-        request = decode_request(body, _header(scope, HEADER_LENGTH.encode()), name, version)
-        response = await self.dataplane.infer(request)
-        payload, header_length = encode_response(response, request)
-        if header_length is None:
+        header_length = _header(scope, HEADER_LENGTH.encode())
+        declared = _header(scope, b"content-length")
+        large = declared is None or not declared.isdigit() or int(declared) > LARGE_BODY_BYTES
+        # One large body at a time: memory stays near one body and its parse, whatever the clients do.
+        async with self._large_bodies if large else contextlib.nullcontext():
+            body = await self._read_body(scope, receive, json_only=header_length is None)
+            json_size = len(body) if header_length is None else _int_or_zero(header_length)
+            if json_size > LARGE_BODY_BYTES:
+                request = await self._offload.decode(body, header_length, name, version)
+            elif len(body) > LARGE_BODY_BYTES:  # binary tensors: copies that release the GIL
+                request = await asyncio.to_thread(decode_request, body, header_length, name, version)
+            else:
+                request = decode_request(body, header_length, name, version)
+            del body
+            response = await self.dataplane.infer(request)
+            if sum(t.data.size for t in response.outputs) > JSON_SLICE:
+                payload, json_length = await asyncio.to_thread(encode_response_parts, response, request)
+            else:
+                payload, json_length = encode_response_parts(response, request)
+            del request, response
+        if json_length is None:
             return 200, payload, _JSON
         return (
             200,
             payload,
             [
                 (b"content-type", b"application/octet-stream"),
-                (HEADER_LENGTH.encode(), str(header_length).encode()),
+                (HEADER_LENGTH.encode(), str(json_length).encode()),
             ],
         )
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        cap = self.max_body_bytes
+    async def _read_body(self, scope: Scope, receive: Receive, *, json_only: bool) -> bytes | bytearray:
+        """The body, refused (413) as soon as it passes the cap: the JSON cap for a JSON body."""
+        cap = min(self.max_json_bytes, self.max_body_bytes) if json_only else self.max_body_bytes
+        what = "JSON request body" if json_only else "request body"
+        hint = "; send large tensors with the binary tensor extension" if json_only else ""
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise BodyTooLargeError(f"the request body is {declared} bytes; this agent accepts at most {cap}")
-        chunks: list[bytes] = []
-        size = 0
+            raise BodyTooLargeError(f"the {what} is {declared} bytes; this agent accepts at most {cap}{hint}")
+        if declared is not None and declared.isdigit() and int(declared) > LARGE_BODY_BYTES:
+            return await self._read_sized_body(receive, int(declared))
+        body: bytes | bytearray = b""
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                raise BodyTooLargeError(f"the request body passes the {cap}-byte cap of this agent")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunk, more = await self._next_chunk(receive)
+            if len(body) + len(chunk) > cap:
+                raise BodyTooLargeError(f"the {what} passes the {cap}-byte cap of this agent{hint}")
+            if not body:
+                body = chunk  # the common case, one chunk: no copy
+            else:
+                if isinstance(body, bytes):
+                    body = bytearray(body)
+                body += chunk
+            if not more:
+                return body
+
+    @staticmethod
+    async def _next_chunk(receive: Receive) -> tuple[bytes, bool]:
+        try:
+            message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise BodyTimeoutError(f"no request body data for {BODY_IDLE_TIMEOUT_S:g} s") from None
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        return message.get("body", b""), message.get("more_body", False)
+
+    async def _read_sized_body(self, receive: Receive, size: int) -> bytearray:
+        """A large body of a declared size (already checked against the cap), read into one buffer
+        of exactly that size: no growing copies."""
+        body = bytearray(size)
+        view = memoryview(body)
+        filled = 0
+        more = True
+        while more:
+            chunk, more = await self._next_chunk(receive)
+            if filled + len(chunk) > size:
+                raise ProtocolError(f"the request body is longer than its Content-Length {size}")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        if filled != size:
+            raise ProtocolError(f"the request body ended after {filled} of its {size} bytes")
+        return body
 
     @staticmethod
     def _only(method: str, allowed: str) -> None:

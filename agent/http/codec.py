@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,11 @@ from sdk.errors import DatatypeError, InvalidInputError, ProtocolError
 HEADER_LENGTH = "inference-header-content-length"
 #: refuse shapes whose element count alone would be absurd, before allocating anything.
 _MAX_ELEMENTS = 1 << 31
+#: deepest nesting of a tensor's JSON ``data``; no model input comes near it.
+MAX_DATA_NESTING = 32
+#: JSON output tensors above this many elements are written in slices of it, so the Python list of
+#: all their numbers (some 32 bytes per element) never exists at once.
+JSON_SLICE = 1 << 16
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
@@ -45,14 +51,16 @@ def _shape(raw: Any, where: str) -> list[int]:
     return raw
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, depth: int = 0) -> list[Any]:
     if not isinstance(data, list):
         return [data]
+    if depth >= MAX_DATA_NESTING:
+        raise ProtocolError(f"'data' is nested deeper than {MAX_DATA_NESTING} levels")
     if all(not isinstance(x, list) for x in data):
         return data
     out: list[Any] = []
     for x in data:
-        out.extend(_flatten(x))
+        out.extend(_flatten(x, depth + 1))
     return out
 
 
@@ -75,7 +83,9 @@ def _json_tensor(data: Any, datatype: str, shape: list[int], where: str) -> np.n
         raise InvalidInputError(f"{where}: data does not fit {datatype}: {exc}") from None
 
 
-def decode_request(body: bytes, header_length: str | None, model: str, version: str | None) -> InferRequest:
+def decode_request(
+    body: bytes | bytearray, header_length: str | None, model: str, version: str | None
+) -> InferRequest:
     """Parse an infer body; raises :class:`ProtocolError`/:class:`InvalidInputError` for anything malformed."""
     binary = memoryview(b"")
     if header_length is not None:
@@ -95,6 +105,8 @@ def decode_request(body: bytes, header_length: str | None, model: str, version: 
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("the request body's JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the request body must be a JSON object")
     raw_inputs = _field(doc, "inputs", list, "request")
@@ -170,12 +182,35 @@ def _json_data(tensor: InferTensor) -> list[Any]:
         ) from None
 
 
+def _json_data_sliced(tensor: InferTensor) -> list[bytes]:
+    """``tensor``'s JSON ``data`` array, encoded a slice at a time."""
+    flat = tensor.data.reshape(-1)
+    parts = [b"["]
+    for start in range(0, flat.size, JSON_SLICE):
+        if start:
+            parts.append(b",")
+        piece = _json_data(InferTensor(tensor.name, tensor.datatype, [], flat[start : start + JSON_SLICE]))
+        parts.append(json.dumps(piece, separators=(",", ":")).encode("utf-8")[1:-1])
+    parts.append(b"]")
+    return parts
+
+
 def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensors follow it."""
+    parts, header_length = encode_response_parts(response, request)
+    return b"".join(parts), header_length
+
+
+def encode_response_parts(response: InferResponse, request: InferRequest) -> tuple[list[bytes], int | None]:
+    """The response body as parts to send one after the other (a large JSON tensor is never joined
+    into one buffer), and the JSON header's length when binary tensors follow it."""
     default_binary = bool(request.parameters.get("binary_data_output", False))
     wanted = {o.name: o.binary for o in request.outputs or []}
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    # Large JSON tensors are encoded apart and spliced in where a one-off placeholder stands.
+    sliced: dict[str, list[bytes]] = {}
+    nonce = secrets.token_hex(8)
     for t in response.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         binary = wanted.get(t.name)
@@ -183,6 +218,10 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
             raw = array_to_wire(t.data, t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif t.data.size > JSON_SLICE:
+            placeholder = f"@{nonce}-{len(sliced)}"
+            sliced[json.dumps(placeholder)] = _json_data_sliced(t)
+            entry["data"] = placeholder
         else:
             entry["data"] = _json_data(t)
         outputs.append(entry)
@@ -194,6 +233,11 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
     if response.id is not None:
         doc["id"] = response.id
     header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    parts: list[bytes] = []
+    for placeholder, data in sliced.items():
+        before, _, header = header.partition(placeholder.encode("utf-8"))
+        parts += [before, *data]
+    parts.append(header)
     if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+        return parts, None
+    return parts + blobs, sum(len(p) for p in parts)

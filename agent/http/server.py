@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+
+from agent.settings import ServerTLS
 
 
 class AgentServer(uvicorn.Server):
@@ -32,7 +35,12 @@ class AgentServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def make_server(app: Any) -> AgentServer:
+def make_server(app: Any, tls: ServerTLS | None = None) -> AgentServer:
+    ssl_options: dict[str, Any] = {}
+    if tls is not None:
+        ssl_options = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+        if tls.client_ca is not None:
+            ssl_options.update(ssl_ca_certs=str(tls.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(
         app,
         http="httptools",
@@ -45,5 +53,6 @@ def make_server(app: Any) -> AgentServer:
         # every response is bytes for nothing.
         proxy_headers=False,
         server_header=False,
+        **ssl_options,
     )
     return AgentServer(config)

@@ -54,13 +54,14 @@ class BundleDownloader:
         token: str,
         *,
         ca_file: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.fleet_url = fleet_url.rstrip("/") + "/"
         self._token = token
         self._client = httpx.Client(
-            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
+            verify=tls_context or (ssl.create_default_context(cafile=ca_file) if ca_file else True),
             timeout=timeout_s,
             transport=transport,
             follow_redirects=True,

@@ -12,6 +12,7 @@ Callbacks run on paho's network thread: they must be quick and must not block.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sdk.errors import ConfigError
+from sdk.topics import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class MqttLink:
         username: str | None,
         password: str | None,
         ca_file: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
         will: Outgoing | None = None,
         birth: Callable[[], Outgoing] | None = None,
         protocol: ProtocolVersion = "3.1.1",
@@ -107,7 +110,10 @@ class MqttLink:
         if username is not None:
             client.username_pw_set(username, password)
         if self.address.tls:
-            client.tls_set(ca_certs=ca_file)
+            if tls_context is not None:  # the site CA from the credentials
+                client.tls_set_context(tls_context)
+            else:
+                client.tls_set(ca_certs=ca_file)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         # paho doubles the delay after each failed attempt up to the maximum.
@@ -214,6 +220,15 @@ class MqttLink:
             handler = self._subscriptions.get(message.topic)
         if handler is None:
             log.debug("ignoring message on %s", message.topic)
+            return
+        if len(message.payload) > MAX_PAYLOAD_BYTES:
+            # Dropped before anything parses it: no legitimate desired state comes near the limit.
+            log.warning(
+                "dropped a %d-byte message on %s: the limit is %d bytes",
+                len(message.payload),
+                message.topic,
+                MAX_PAYLOAD_BYTES,
+            )
             return
         try:
             handler(message.topic, message.payload)

@@ -81,6 +81,8 @@ class SyncService:
             raise ConfigError(
                 f"{config.credentials_file} holds the credentials of device {credentials.device_id!r}, not {device_id!r}"
             )
+        # The site CA (inline or a file beside the credentials) verifies both mqtts and https.
+        tls_context = credentials.ssl_context()
         sync_dir = config.data_dir / "sync"
         sync_dir.mkdir(parents=True, exist_ok=True)
         self._stop = threading.Event()  # fresh, so a stopped service can start again
@@ -90,7 +92,7 @@ class SyncService:
             client_id=device_id,
             username=credentials.mqtt_username,
             password=credentials.mqtt_password,
-            ca_file=credentials.ca_file,
+            tls_context=tls_context,
             will=Outgoing(topic("status", device_id), messages.offline_status().to_bytes()),
             birth=lambda: Outgoing(
                 topic("status", device_id), messages.Status(state="online", time=time.time()).to_bytes()
@@ -105,7 +107,7 @@ class SyncService:
             max_bytes=tuning.outbox_max_bytes,
         )
         self._sender = sender = OutboxSender(self._outbox, link, topic("telemetry", device_id))
-        self._downloader = BundleDownloader(config.fleet_url, credentials.token, ca_file=credentials.ca_file)
+        self._downloader = BundleDownloader(config.fleet_url, credentials.token, tls_context=tls_context)
         self._reconciler = reconciler = Reconciler(
             self._store,
             Journal(sync_dir / "journal.json"),

@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sdk.errors import ConfigError
-from sdk.topics import TopicKind, topic
+from sdk.topics import MAX_PAYLOAD_BYTES, TopicKind, topic
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class FleetMqtt:
         self._client.on_disconnect = self._disconnected
         self._client.on_message = self._message
         self.dropped = 0
+        #: messages dropped unread because they passed MAX_PAYLOAD_BYTES (a broker without a limit).
+        self.oversized = 0
         #: broker control answers (e.g. ``$CONTROL/dynamic-security/v1/response``) go here, not to ingest.
         self.control_topics = control_topics
         self.control: queue.Queue[bytes] = queue.Queue()
@@ -134,6 +136,16 @@ class FleetMqtt:
     def _message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         if msg.topic in self.control_topics:
             self.control.put(msg.payload)
+            return
+        if len(msg.payload) > MAX_PAYLOAD_BYTES:
+            # Dropped before anything parses it: the broker should have refused it already.
+            self.oversized += 1
+            log.warning(
+                "dropped a %d-byte message on %s: the limit is %d bytes",
+                len(msg.payload),
+                msg.topic,
+                MAX_PAYLOAD_BYTES,
+            )
             return
         try:
             self.inbox.put_nowait((msg.topic, msg.payload, time.time()))

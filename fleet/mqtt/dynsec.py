@@ -1,8 +1,11 @@
 """Device broker accounts on Mosquitto through its dynamic security plugin.
 
 The fleet's own MQTT user must be a dynsec admin (``mosquitto_ctrl dynsec init FILE USER``).
-Each device gets a client (username = device id) and its own role whose ACLs name only its own
-``edgefleet/v1/devices/{id}/#`` topics, so no ``%u`` substitution is needed from the plugin.
+Each device gets a client (username = device id, client id pinned to the device id) and its own
+role whose ACLs name only its own ``edgefleet/v1/devices/{id}/#`` topics, so no ``%u``
+substitution is needed from the plugin. The pinned client id stops one device from disconnecting
+another by connecting with the other's client id: the broker refuses such a login before it drops
+the existing connection.
 The fleet grants itself a role for all device topics once, at the first use.
 """
 
@@ -117,6 +120,7 @@ class DynamicSecurity:
                 "command": "createClient",
                 "username": device_id,
                 "password": password,
+                "clientid": device_id,
                 "roles": [{"rolename": role}],
             }
         )

@@ -22,9 +22,8 @@ pytestmark = pytest.mark.mqtt
 
 def connect(port: int, user: str, password: str) -> tuple[paho.Client, dict]:
     seen: dict = {"rc": None, "msgs": []}
-    c = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{user}-{time.monotonic_ns()}", protocol=paho.MQTTv5
-    )
+    # a device account's client id is pinned to its username (see tests/fleet/test_clientid.py)
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=paho.MQTTv5)
     c.username_pw_set(user, password)
     c.on_connect = lambda _c, _u, _f, rc, _p=None: seen.__setitem__("rc", rc)
     c.on_message = lambda _c, _u, m: seen["msgs"].append((m.topic, m.payload))

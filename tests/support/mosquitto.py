@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from sdk.topics import MAX_PACKET_BYTES
 from tests.support.processes import stop_process
 
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -169,12 +170,16 @@ def run_mosquitto(
     tls: bool = False,
     extra_config: str = "",
     dynsec_admin: tuple[str, str] | None = None,
+    username_as_clientid: bool = False,
 ) -> Iterator[Mosquitto]:
     """Start Mosquitto with its own config in ``workdir``.
 
     ``users`` maps username to password (a password file, anonymous off); ``acl`` is the text of
     an ACL file; ``tls`` serves TLS with a fresh CA (``broker.ca_file``); ``dynsec_admin``
-    (username, password) loads the dynamic security plugin with that admin client, anonymous off.
+    (username, password) loads the dynamic security plugin with that admin client, anonymous off;
+    ``username_as_clientid`` makes the broker use each client's username as its client id, the
+    password-file way to stop one device from disconnecting another (dynsec pins client ids itself).
+    Packets above :data:`sdk.topics.MAX_PACKET_BYTES` are refused, as in ``deploy/mosquitto.yaml``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     mosquitto_binary()  # install or skip before writing any config
@@ -187,7 +192,10 @@ def run_mosquitto(
         "log_type warning",
         "log_type notice",
         "max_queued_messages 100000",
+        f"max_packet_size {MAX_PACKET_BYTES}",
     ]
+    if username_as_clientid:
+        lines.append("use_username_as_clientid true")
     if os.geteuid() == 0:
         # Started as root, Mosquitto drops to the 'mosquitto' user, who cannot read our tmp files.
         lines.append("user root")
