@@ -29,6 +29,11 @@ class DeviceCredentials(BaseModel):
     broker_url: str | None = None
     #: PEM CA bundle to verify the broker's and fleet's TLS certificates (mqtts://, https://).
     ca_file: str | None = None
+    #: base64 raw Ed25519 public key of the fleet, pinned at registration: the agent applies only
+    #: desired states signed with it (sdk.desired_auth).
+    fleet_key: str | None = None
+    #: the hardware profile the device was registered with (reported back in ``reported``).
+    profile: str | None = None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -59,6 +59,9 @@ class DesiredModel(BaseModel):
     bundle_url: str
     sha256: str
     size: int = Field(ge=0)
+    #: the fleet authorizes activating this version even if the device has verified a newer one
+    #: (a rollback). Honoured only in a desired state signed by the pinned fleet key.
+    allow_downgrade: bool = False
 
     @field_validator("name", "version")
     @classmethod
@@ -73,6 +76,15 @@ class DesiredState(Message):
     models: list[DesiredModel] = Field(default_factory=list)
     rollout_id: str | None = None
     issued_at: float = Field(default_factory=now)
+    #: the device this state is for: a state signed for one device is refused by every other.
+    device_id: str | None = None
+    #: Unix time after which the device does not apply this state (stops an indefinite freeze);
+    #: the fleet re-signs it before then. See sdk.desired_auth.
+    expires: float | None = None
+    #: id (sdk.keys.key_id) of the fleet key that signed, and the base64 Ed25519 signature over
+    #: the canonical bytes of every other field (sdk.desired_auth.canonical_bytes).
+    key_id: str | None = None
+    signature: str | None = None
 
 
 # --------------------------------------------------------------------------------- reported state
