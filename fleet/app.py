@@ -25,10 +25,21 @@ from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
 from fleet.storage import open_storage
 from sdk import __version__, keys
-from sdk.errors import EdgeError
+from sdk.errors import EdgeError, KeyFileError
 
 log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("dashboard")
+
+
+def load_fleet_key(path: Path) -> keys.Ed25519PrivateKey:
+    """The fleet's desired-state signing key, created (mode 0600) on first start."""
+    if not path.exists():
+        try:
+            keys.save_keypair(keys.generate_key(), path)
+            log.info("created the fleet's desired-state signing key %s", path)
+        except KeyFileError:
+            pass  # another replica created it first
+    return keys.load_private_key(path)
 
 
 def build_context(settings: FleetSettings, publisher: Publisher | None = None) -> FleetContext:
@@ -46,6 +57,7 @@ def build_context(settings: FleetSettings, publisher: Publisher | None = None) -
         trusted_keys=keys.load_trusted_keys(settings.trust_keys),
         metrics=FleetMetrics(db),
         publisher=publisher,
+        fleet_key=load_fleet_key(settings.fleet_key_file) if settings.fleet_key_file else None,
     )
 
 
@@ -88,6 +100,8 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         s.base_url(),
         lease_s=s.controller_lease_s,
         retention_s=s.telemetry_retention_s,
+        # signed states are re-signed (a fresh expiry) well before they expire
+        refresh_s=s.desired_validity_s / 2 if ctx.fleet_key is not None else 0.0,
     )
     if s.controller_interval_s > 0:
         ctx.controller.start(s.controller_interval_s)

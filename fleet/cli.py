@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         help="create device broker accounts with Mosquitto's dynamic security plugin",
     )
     serve.add_argument("--controller-interval", type=float, default=0.5)
+    serve.add_argument(
+        "--fleet-key",
+        type=Path,
+        help="Ed25519 key desired states are signed with (created if missing; replicas share one file)",
+    )
 
     token = sub.add_parser("token", help="API tokens")
     tsub = token.add_subparsers(dest="token_command", required=True)
@@ -150,6 +155,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         listen_host=host,
         listen_port=port,
         trust_keys=trust,
+        fleet_key_file=data / "fleet-key",
     )
     db = Database(settings.db_url)
     migrate(db.engine)
@@ -201,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         device_broker_url=args.device_broker_url,
         controller_interval_s=args.controller_interval,
+        fleet_key_file=args.fleet_key,
     )
     if host in ("0.0.0.0", "::") and not args.public_url:
         log.warning(

@@ -15,6 +15,7 @@ from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
 from fleet.storage import BundleStorage
 from sdk import keys
+from sdk.desired_auth import sign_desired
 from sdk.messages import DesiredState
 from sdk.topics import topic
 
@@ -32,6 +33,8 @@ class FleetContext:
     mqtt: FleetMqtt | None = None
     controller: RolloutController | None = None
     accounts: BrokerAccounts = field(default_factory=NoBrokerAccounts)
+    #: signs every desired state (sdk.desired_auth); devices pin its public half at registration.
+    fleet_key: keys.Ed25519PrivateKey | None = None
     _published: dict[str, int] = field(default_factory=dict)
     _published_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -46,6 +49,13 @@ class FleetContext:
             if message.revision < self._published.get(device_id, -1):
                 return
             self._published[device_id] = message.revision
+            if self.fleet_key is not None:
+                message = sign_desired(
+                    self.fleet_key,
+                    message,
+                    device_id=device_id,
+                    validity_s=self.settings.desired_validity_s,
+                )
             self.metrics.desired_published.inc()
             if self.publisher is not None:
                 self.publisher(device_id, message)
@@ -53,6 +63,10 @@ class FleetContext:
                 self.mqtt.publish(topic("desired", device_id), message.to_bytes(), qos=1, retain=True)
             else:
                 log.info("no broker: desired revision %d for %s is stored only", message.revision, device_id)
+
+    def fleet_public_key(self) -> str | None:
+        """What a device pins at registration: the base64 public half of the fleet key."""
+        return keys.public_key_to_b64(self.fleet_key.public_key()) if self.fleet_key else None
 
     def publish_all(self, outbox: list[tuple[str, DesiredState]]) -> None:
         for device_id, message in outbox:

@@ -20,6 +20,7 @@ from fleet.db.models import Device, EventRecord
 from fleet.db.session import Database
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import Inbound
+from fleet.rollout import reports
 from sdk.errors import ProtocolError
 from sdk.messages import Event, ReportedState, Status, Telemetry, parse_message
 from sdk.topics import parse_topic
@@ -165,14 +166,5 @@ class Ingest:
 
     @staticmethod
     def _reported(device: Device, msg: ReportedState, received_at: float) -> None:
-        # Replicas may see a device's reports out of order: never go back to an older revision.
-        if msg.revision < device.reported_revision:
-            return
-        device.reported_revision = msg.revision
-        device.reported_models = [m.model_dump(exclude_none=True) for m in msg.models]
-        device.agent_version = msg.agent_version
-        device.last_error = msg.last_error
-        device.reported_at = received_at
-        device.last_seen = received_at
-        if device.profile is None and msg.profile:
-            device.profile = msg.profile
+        # What a report may change (never above the revision the fleet issued) is decided in one place.
+        reports.accept(device, msg, received_at)

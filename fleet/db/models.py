@@ -165,3 +165,15 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class BundleDownload(Base):
+    """A device's token fetched a bundle (recorded by the download route): what the fleet itself saw,
+    so a device's report that it runs a bundle is believed only if it really fetched it."""
+
+    __tablename__ = "bundle_downloads"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bundle_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    first_at: Mapped[float] = mapped_column(Float, default=now)
+    last_at: Mapped[float] = mapped_column(Float, default=now)

@@ -14,6 +14,7 @@ from fleet.api.deps import ContextDep, DeviceOrViewerDep, OperatorDep, SessionDe
 from fleet.api.download import bundle_response
 from fleet.context import FleetContext
 from fleet.errors import PayloadTooLargeError
+from fleet.rollout import downloads
 from fleet.schemas import BundleDetail, BundlePublic
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
@@ -70,10 +71,13 @@ def get_bundle(bundle_id: str, session: SessionDep, _: ViewerDep) -> BundleDetai
     },
 )
 def download_bundle(
-    bundle_id: str, request: Request, session: SessionDep, ctx: ContextDep, _: DeviceOrViewerDep
+    bundle_id: str, request: Request, session: SessionDep, ctx: ContextDep, token: DeviceOrViewerDep
 ) -> Response:
     """The ``.efb`` file; honours ``Range: bytes=N-`` (206) so a cut download resumes."""
     bundle = bundles.get(session, bundle_id)
+    if token.role == "device" and token.device_id:
+        # The fleet's own evidence that this device fetched it (rollouts check it, see rollout.downloads).
+        downloads.record(session, token.device_id, bundle.id)
     filename = f"{bundle.name}-{bundle.version}-{bundle.profile}.efb"
     direct = ctx.storage.download_url(bundle.storage_key, filename)
     if direct is not None:

@@ -31,7 +31,7 @@ def register_device(
     data: DeviceCreate, session: SessionDep, ctx: ContextDep, _: OperatorDep
 ) -> DeviceCredentials:
     """Register a device; the answer holds its token and broker password (shown only once)."""
-    return devices.register(session, data, ctx.settings, ctx.accounts)
+    return devices.register(session, data, ctx.settings, ctx.accounts, ctx.fleet_public_key())
 
 
 @router.get("", response_model=list[DevicePublic])
