@@ -122,7 +122,9 @@ class Reconciler:
         now = time.monotonic()
         if now - self._refused_at >= self._settings.refusal_event_interval_s:
             self._refused_at = now
-            self._send_event(messages.Event(kind="failure", ok=False, reason=f"desired state refused: {reason}"))
+            self._send_event(
+                messages.Event(kind="failure", ok=False, reason=f"desired state refused: {reason}")
+            )
 
     def offer(self, desired: messages.DesiredState) -> None:
         """A desired state arrived; the newest revision offered wins."""

@@ -56,7 +56,9 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
     else:
         chosen = device_registry.list_devices(session, labels=sel.labels)
     if sel.profile and sel.profile != bundle.profile:
-        raise ConfigError(f"the selector asks for profile {sel.profile} but the bundle is for {bundle.profile}")
+        raise ConfigError(
+            f"the selector asks for profile {sel.profile} but the bundle is for {bundle.profile}"
+        )
     # A bundle runs only on its own profile: a device whose profile is unknown (registered without
     # one and never reported one) or another is not offered it, and the rollout says why.
     skipped = {d.id: device_registry.profile_mismatch(d, bundle.profile) for d in chosen}
@@ -64,7 +66,9 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
     chosen = [d for d in chosen if d.id not in skipped]
     if not chosen:
         why = f" ({next(iter(skipped.values()))})" if skipped else ""
-        raise ConfigError(f"the selector matches no device that can run the bundle's profile {bundle.profile}{why}")
+        raise ConfigError(
+            f"the selector matches no device that can run the bundle's profile {bundle.profile}{why}"
+        )
     busy = session.scalars(
         select(RolloutDevice.device_id)
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id)

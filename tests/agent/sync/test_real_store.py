@@ -21,7 +21,9 @@ def test_rollout_failure_and_rollback_through_the_real_store(world) -> None:
     }
 
     def apply(revision: int, version: str, *, rollback: bool = False) -> dict:
-        model = desired_model(versions[version], "net", version).model_copy(update={"allow_downgrade": rollback})
+        model = desired_model(versions[version], "net", version).model_copy(
+            update={"allow_downgrade": rollback}
+        )
         desired = world.signed(messages.DesiredState(revision=revision, models=[model]))
         world.probe.publish_desired("dev-1", desired)
         return world.probe.wait_for("reported", "dev-1", lambda r: r["revision"] == revision, timeout=30)
