@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,20 +27,30 @@ from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
 from fleet.storage import open_storage
 from sdk import __version__, keys
-from sdk.errors import EdgeError, KeyFileError
+from sdk.errors import EdgeError
 
 log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("dashboard")
 
 
 def load_fleet_key(path: Path) -> keys.Ed25519PrivateKey:
-    """The fleet's desired-state signing key, created (mode 0600) on first start."""
+    """The fleet's desired-state signing key, created (mode 0600) on first start.
+
+    Written aside and hard-linked into place, which fails if the file exists: replicas starting at
+    once on a shared folder all end up with the one key that got there first.
+    """
     if not path.exists():
+        aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+        keys.save_keypair(keys.generate_key(), aside)
         try:
-            keys.save_keypair(keys.generate_key(), path)
+            os.link(aside, path)
+            os.replace(aside.with_name(aside.name + ".pub"), path.with_name(path.name + ".pub"))
             log.info("created the fleet's desired-state signing key %s", path)
-        except KeyFileError:
+        except FileExistsError:
             pass  # another replica created it first
+        finally:
+            aside.unlink(missing_ok=True)
+            aside.with_name(aside.name + ".pub").unlink(missing_ok=True)
     return keys.load_private_key(path)
 
 
