@@ -174,7 +174,7 @@ def test_the_fleet_signs_what_devices_verify_with_the_key_pinned_at_registration
 
         # the update times out: the fleet restores the previous state, signed as an authorized downgrade
         ctx.controller.tick()
-        assert states(f, rid) == {"d0": "failed"}
+        assert states(f, rid) == {"d0": "rolled_back"}  # timed out, so the gate rolled back
         restored = verify_desired(published.last("d0").to_bytes(), pinned, device_id="d0")
         assert restored.revision == 2 and restored.models == []
 
