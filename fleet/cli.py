@@ -123,6 +123,11 @@ def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
 
     # Built here, not in the server's start-up, so bad settings are one line from run_cli.
     context = build_context(settings)
+    if context.fleet_key is None:
+        log.warning(
+            "serving without --fleet-key: desired states are not signed, so devices cannot tell them"
+            " from forged ones (see docs/security.md)"
+        )
     app = create_app(settings, context=context)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -172,6 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  MQTT       mqtt://{broker_host}:{mport}   (embedded amqtt, MQTT 3.1.1)\n"
         f"  data       {data}\n"
         f"  trusted signing keys: {len(trust) or 'none (bundle uploads are refused; use --trust-key)'}\n"
+        f"  fleet key  {data / 'fleet-key'} (signs desired states; devices pin it at registration)\n"
         f"  admin token file {token_file} ({'new' if created else 'kept from an earlier start'}, mode 0600)\n"
         f"admin token:\n{token}\n"
     )
