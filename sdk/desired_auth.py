@@ -92,7 +92,13 @@ def verify_desired(
         except (binascii.Error, ValueError):
             raise DesiredStateRefused("desired state signature is not base64") from None
         try:
-            fleet_key.verify(signature, canonical_bytes(json.loads(payload)))
+            fields = json.loads(payload)
+        except ValueError as exc:
+            raise DesiredStateRefused(f"desired state is not JSON: {exc}") from None
+        try:
+            fleet_key.verify(signature, canonical_bytes(fields))
+        except DesiredStateRefused:
+            raise
         except Exception:  # cryptography's InvalidSignature, or a wrong-length signature
             raise DesiredStateRefused(
                 "desired state signature does not verify against the pinned fleet key"
