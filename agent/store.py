@@ -223,9 +223,9 @@ class ModelStore:
         self._notify(name)
         return result
 
-    def rollback(self, name: str, *, allow_downgrade: bool = True) -> InstalledModel:
-        """Activate the previous version again. ``allow_downgrade=False`` refuses it when it is older
-        than the newest activated one (the sync service passes what the signed desired state says)."""
+    def rollback(self, name: str, *, allow_downgrade: bool = False) -> InstalledModel:
+        """Activate the previous version again; refused when it is older than the newest activated
+        one unless ``allow_downgrade`` (the sync service passes what the signed desired state says)."""
         with self._locked():
             self._require_resting()
             p = self.pointer(name)

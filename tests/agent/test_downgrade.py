@@ -46,7 +46,7 @@ def test_activating_or_rolling_back_to_an_older_installed_version_needs_authoriz
     with pytest.raises(ModelStoreError, match="older than 2.0"):
         store.activate("affine", "1.0")
     with pytest.raises(ModelStoreError, match="older than 2.0"):
-        store.rollback("affine", allow_downgrade=False)
+        store.rollback("affine")
     assert store.active_versions() == {"affine": "2.0"}
     assert store.activate("affine", "1.0", allow_downgrade=True).version == "1.0"
     # going forward again needs nothing
@@ -58,7 +58,7 @@ def test_the_newest_version_survives_a_restart(
 ) -> None:  # type: ignore[no-untyped-def]
     store.install(make_affine("1.0"))
     store.install(make_affine("2.0", scale=3.0))
-    store.rollback("affine")  # the local operator's rollback: 1.0 active, 2.0 is still the newest
+    store.rollback("affine", allow_downgrade=True)  # authorized: 1.0 active, 2.0 is still the newest
     reopened = ModelStore(data_dir, [key.public_key()])
     assert reopened.pointer("affine").newest == "2.0"  # type: ignore[union-attr]
     with pytest.raises(ModelStoreError, match="older than 2.0"):

@@ -80,7 +80,7 @@ class FakeStore:
             raise ModelStoreError(f"{name} {version} is not installed")
         return self._switch(name, version)
 
-    def rollback(self, name: str, *, allow_downgrade: bool = True) -> Installed:
+    def rollback(self, name: str, *, allow_downgrade: bool = False) -> Installed:
         self.calls.append(("rollback", name, self.previous.get(name) or ""))
         target = self.previous.get(name)
         if target is None:
