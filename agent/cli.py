@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     common(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="activate it even if it is older than the newest version this device has activated",
+    )
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("serve", help="serve the active models over the Open Inference Protocol v2")
@@ -178,7 +183,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     settings = AgentSettings(data_dir=args.data_dir, trust_keys=args.trust_key)
     store = ModelStore(settings.data_dir, load_trusted_keys(settings.trusted_key_paths()))
     # An operator installing by hand overrides the loop guard.
-    result = store.install(args.bundle, force=True)
+    # A downgrade only when the operator says so: a bundle that is validly signed but old is the
+    # classic rollback attack.
+    result = store.install(args.bundle, force=True, allow_downgrade=args.allow_downgrade)
     if args.json:
         sys.stdout.write(
             json.dumps(

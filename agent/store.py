@@ -6,13 +6,21 @@
       trusted-keys/*.pub              keys whose bundles may be installed (besides --trust-key)
       staging/<random>/               a bundle being unpacked; removed on failure and at start-up
       update.json                     the update journal (agent.update)
-      models/<name>/active.json       {"version": ..., "previous": ...}: the pointer, replaced atomically
+      models/<name>/active.json       {"version": ..., "previous": ..., "newest": ...}: the pointer,
+                                      replaced atomically
       models/<name>/versions/<v>/     an unpacked, verified bundle (manifest.json, manifest.sig, model)
                     verified.json     what the last full verification saw (agent.stamp)
 
 A version becomes active only after its signature (trusted keys), hashes and smoke test pass, and
 only by replacing ``active.json`` (write, fsync, rename, fsync): a crash at any moment leaves the
 old pointer or the new one, and both name complete, verified folders.
+
+Downgrade protection: the pointer also remembers the newest version ever activated (and its
+manifest's ``created`` time), in the same atomic write. Installing or activating a version that is
+older by :mod:`sdk.versions` is refused unless the caller passes ``allow_downgrade`` (a desired
+state signed by the fleet that marks the model, or ``edge-agent install --allow-downgrade`` by the
+local operator). Falling back from a version damaged on disk to the previous one is not refused:
+serving the last verified version beats serving none.
 
 Start-up need not re-hash every model file before serving (150 MB take about 0.1 s of a core, a
 large share of the half second the agent may take to become ready): :meth:`ModelStore.verify_active`
@@ -46,6 +54,7 @@ from sdk.errors import EdgeError, ModelStoreError
 from sdk.fsio import fsync_dir, write_atomic
 from sdk.keys import Ed25519PublicKey
 from sdk.manifest import Manifest, check_name
+from sdk.versions import is_older
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,9 @@ class InstalledModel:
 class Pointer:
     version: str
     previous: str | None = None
+    #: the newest version ever activated, and its manifest's ``created`` (downgrade protection).
+    newest: str | None = None
+    newest_created: str | None = None
 
 
 def peek_manifest(bundle_path: Path) -> Manifest | None:
@@ -110,7 +122,12 @@ class ModelStore:
     def pointer(self, name: str) -> Pointer | None:
         try:
             data = json.loads((self.models_dir / name / "active.json").read_text(encoding="utf-8"))
-            return Pointer(version=data["version"], previous=data.get("previous"))
+            return Pointer(
+                version=data["version"],
+                previous=data.get("previous"),
+                newest=data.get("newest"),
+                newest_created=data.get("newest_created"),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as exc:
@@ -123,6 +140,16 @@ class ModelStore:
             if d.is_dir() and (p := self.pointer(d.name)) is not None:
                 out[d.name] = p.version
         return out
+
+    def active_profile(self) -> str | None:
+        """The hardware profile the active bundles were built for, if they name exactly one."""
+        profiles = set()
+        for name, version in self.active_versions().items():
+            try:
+                profiles.add(self.manifest(name, version).profile)
+            except (OSError, EdgeError):
+                continue
+        return profiles.pop() if len(profiles) == 1 else None
 
     def manifest(self, name: str, version: str) -> Manifest:
         raw = (self.version_dir(name, version) / "manifest.json").read_bytes()
@@ -161,17 +188,20 @@ class ModelStore:
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
 
-    def install(self, bundle_path: Path, *, force: bool = False) -> InstalledModel:
+    def install(
+        self, bundle_path: Path, *, force: bool = False, allow_downgrade: bool = False
+    ) -> InstalledModel:
         """Verify, unpack, smoke test and activate a bundle; on failure the active version stays.
 
-        ``force`` skips the loop guard (an operator installing by hand).
+        ``force`` skips the loop guard (an operator installing by hand); ``allow_downgrade``
+        permits a version older than the newest this device has activated (an authorized rollback).
         """
         with self._locked():
-            result = self._install(Path(bundle_path), force=force)
+            result = self._install(Path(bundle_path), force=force, allow_downgrade=allow_downgrade)
         self._notify(result.name)
         return result
 
-    def activate(self, name: str, version: str) -> InstalledModel:
+    def activate(self, name: str, version: str, *, allow_downgrade: bool = False) -> InstalledModel:
         with self._locked():
             self._require_resting()
             self.journal.post(
@@ -180,6 +210,7 @@ class ModelStore:
             try:
                 if not self.has_version(name, version):
                     raise ModelStoreError(f"{name} {version} is not installed")
+                self._check_not_older(self.manifest(name, version), allow_downgrade)
                 self.journal.check_loop_guard(name, version)
                 directory = self.version_dir(name, version)
                 write_stamp(directory, self._check(directory))
@@ -192,7 +223,9 @@ class ModelStore:
         self._notify(name)
         return result
 
-    def rollback(self, name: str) -> InstalledModel:
+    def rollback(self, name: str, *, allow_downgrade: bool = False) -> InstalledModel:
+        """Activate the previous version again; refused when it is older than the newest activated
+        one unless ``allow_downgrade`` (the sync service passes what the signed desired state says)."""
         with self._locked():
             self._require_resting()
             p = self.pointer(name)
@@ -202,6 +235,7 @@ class ModelStore:
                 raise ModelStoreError(f"{name} has no previous version to roll back to")
             self.journal.post(Event.ROLLBACK, model=name, version=p.previous, previous=p.version, error=None)
             try:
+                self._check_not_older(self.manifest(name, p.previous), allow_downgrade)
                 self._verify(self.version_dir(name, p.previous), self._trusted())
                 # The version rolled back from stays installed as "previous" so an operator can return.
                 self._write_pointer(name, Pointer(version=p.previous, previous=p.version))
@@ -292,7 +326,7 @@ class ModelStore:
 
     # ---------------------------------------------------------------------------------- the steps
 
-    def _install(self, bundle_path: Path, *, force: bool) -> InstalledModel:
+    def _install(self, bundle_path: Path, *, force: bool, allow_downgrade: bool) -> InstalledModel:
         self._require_resting()
         # Named from the not-yet-verified manifest only so a failure is reported against its model.
         claimed = peek_manifest(bundle_path)
@@ -309,6 +343,7 @@ class ModelStore:
             manifest = self._unpack(bundle_path, staging)
             name, version = manifest.name, manifest.version
             self.journal.post(Event.UNPACKED, model=name, version=version, previous=self._active(name))
+            self._check_not_older(manifest, allow_downgrade)
             if force:
                 self.journal.clear_failures(name, version)
             self.journal.check_loop_guard(name, version)
@@ -382,8 +417,45 @@ class ModelStore:
         self._prune(name)
         return InstalledModel(name, version, previous)
 
+    def _newest(self, name: str) -> tuple[str, str | None] | None:
+        """The newest version this device activated for ``name`` and its ``created`` time."""
+        p = self.pointer(name)
+        if p is None:
+            return None
+        if p.newest is not None:
+            return p.newest, p.newest_created
+        # A store from before the pointer remembered it: the active version is the floor.
+        try:
+            return p.version, self.manifest(name, p.version).created
+        except (OSError, EdgeError):
+            return p.version, None
+
+    def _check_not_older(self, manifest: Manifest, allow_downgrade: bool) -> None:
+        newest = self._newest(manifest.name)
+        if newest is None or allow_downgrade:
+            return
+        if is_older(manifest.version, manifest.created, *newest):
+            raise ModelStoreError(
+                f"refusing to activate {manifest.name} {manifest.version}: it is older than {newest[0]},"
+                " the newest version this device has activated (a rollback must be authorized: a signed"
+                " desired state marked allow_downgrade, or `edge-agent install --allow-downgrade`)"
+            )
+
     def _write_pointer(self, name: str, pointer: Pointer) -> None:
-        data = {"version": pointer.version, "previous": pointer.previous}
+        """Replace the pointer; the newest version seen is carried over or raised, never lowered."""
+        newest = self._newest(name)
+        try:
+            created: str | None = self.manifest(name, pointer.version).created
+        except (OSError, EdgeError):
+            created = None
+        if newest is None or is_older(newest[0], newest[1], pointer.version, created):
+            newest = (pointer.version, created)
+        data = {
+            "version": pointer.version,
+            "previous": pointer.previous,
+            "newest": newest[0],
+            "newest_created": newest[1],
+        }
         write_atomic(self.models_dir / name / "active.json", json.dumps(data).encode("utf-8"))
 
     def _prune(self, name: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import resource
 import selectors
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,10 +110,17 @@ class Device:
 
 
 class Swarm:
-    """Many device connections on one epoll loop; they answer desired with reported."""
+    """Many device connections on one epoll loop; they answer desired with reported.
 
-    def __init__(self, host: str, port: int) -> None:
+    A device whose API token is in ``tokens`` first downloads the bundles its desired state names
+    (on a small thread pool), as an agent does: the fleet believes "active" only after that.
+    """
+
+    def __init__(self, host: str, port: int, tokens: dict[str, str] | None = None) -> None:
         self.host, self.port = host, port
+        self.tokens = dict(tokens or {})
+        self._pool = ThreadPoolExecutor(max_workers=8) if self.tokens else None
+        self._fetched: queue.SimpleQueue[tuple[Device, bytes, int]] = queue.SimpleQueue()
         self.sel = selectors.DefaultSelector()
         self.devices: list[Device] = []
         self.received: dict[str, int] = {}
@@ -224,10 +233,30 @@ class Swarm:
                 report = json.dumps(
                     {"schema": 1, "revision": desired["revision"], "models": models, "agent_version": "bench"}
                 ).encode()
-                d.outbuf += publish_packet(topic("reported", d.device_id), report, d.next_pid(), retain=True)
-                self.received[d.device_id] = desired["revision"]
+                if self._pool is not None and d.device_id in self.tokens:
+                    urls = [m["bundle_url"] for m in desired["models"]]
+                    self._pool.submit(self._fetch, d, urls, report, desired["revision"])
+                    return
+                self._report(d, report, desired["revision"])
+
+    def _fetch(self, d: Device, urls: list[str], report: bytes, revision: int) -> None:
+        headers = {"Authorization": f"Bearer {self.tokens[d.device_id]}"}
+        for url in urls:
+            with httpx.stream("GET", url, headers=headers, timeout=60) as r:
+                r.raise_for_status()
+                for _chunk in r.iter_bytes():
+                    pass
+        self._fetched.put((d, report, revision))
+
+    def _report(self, d: Device, report: bytes, revision: int) -> None:
+        d.outbuf += publish_packet(topic("reported", d.device_id), report, d.next_pid(), retain=True)
+        self.received[d.device_id] = revision
 
     def pump(self, timeout: float = 0.0) -> None:
+        while not self._fetched.empty():  # downloads done on the pool: report on this thread
+            d, report, revision = self._fetched.get()
+            self._report(d, report, revision)
+            self._flush(d)
         for key, events in self.sel.select(timeout):
             d: Device = key.data
             if events & selectors.EVENT_READ:
@@ -265,6 +294,8 @@ class Swarm:
         return sent
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self.sel.close()
@@ -288,12 +319,15 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return total
 
 
-def register(api: httpx.Client, ids: list[str]) -> dict[str, str]:
+def register(api: httpx.Client, ids: list[str], tokens: dict[str, str] | None = None) -> dict[str, str]:
+    """Register ``ids``; their broker passwords, and their API tokens into ``tokens`` if given."""
     creds = {}
     for d in ids:
         r = api.post("/api/v1/devices", json={"device_id": d, "profile": "x86-server"})
         r.raise_for_status()
         creds[d] = r.json()["mqtt_password"]
+        if tokens is not None:
+            tokens[d] = r.json()["token"]
     return creds
 
 
@@ -355,8 +389,9 @@ def bench_fleet(
         wait_http(url, proc, work / "fleet.log", timeout=60)
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         ids = [f"dev-{i:05d}" for i in range(args.devices)]
-        register(api, ids)
-        swarm = Swarm(host, port)
+        tokens: dict[str, str] = {}
+        register(api, ids, tokens)
+        swarm = Swarm(host, port, tokens)
         swarm.connect(ids)
         ps = psutil.Process(proc.pid)
         ingest = measure_ingest(url, ps, swarm, args.rate, args.seconds)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +38,27 @@ log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("dashboard")
 
 
+def load_fleet_key(path: Path) -> keys.Ed25519PrivateKey:
+    """The fleet's desired-state signing key, created (mode 0600) on first start.
+
+    Written aside and hard-linked into place, which fails if the file exists: replicas starting at
+    once on a shared folder all end up with the one key that got there first.
+    """
+    if not path.exists():
+        aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+        keys.save_keypair(keys.generate_key(), aside)
+        try:
+            os.link(aside, path)
+            os.replace(aside.with_name(aside.name + ".pub"), path.with_name(path.name + ".pub"))
+            log.info("created the fleet's desired-state signing key %s", path)
+        except FileExistsError:
+            pass  # another replica created it first
+        finally:
+            aside.unlink(missing_ok=True)
+            aside.with_name(aside.name + ".pub").unlink(missing_ok=True)
+    return keys.load_private_key(path)
+
+
 def build_context(settings: FleetSettings, publisher: Publisher | None = None) -> FleetContext:
     db = Database(settings.db_url)
     migrate(db.engine)
@@ -51,6 +74,7 @@ def build_context(settings: FleetSettings, publisher: Publisher | None = None) -
         trusted_keys=keys.load_trusted_keys(settings.trust_keys),
         metrics=FleetMetrics(db),
         publisher=publisher,
+        fleet_key=load_fleet_key(settings.fleet_key_file) if settings.fleet_key_file else None,
     )
 
 
@@ -99,6 +123,8 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         lease_s=s.controller_lease_s,
         retention_s=s.telemetry_retention_s,
         retention=Retention.from_settings(s),
+        # signed states are re-signed (a fresh expiry) well before they expire
+        refresh_s=s.desired_validity_s / 2 if ctx.fleet_key is not None else 0.0,
     )
     if s.controller_interval_s > 0:
         ctx.controller.start(s.controller_interval_s)

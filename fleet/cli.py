@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="CA certificate (PEM) handed to devices in their credentials, to verify https and mqtts",
     )
+    serve.add_argument(
+        "--fleet-key",
+        type=Path,
+        help="Ed25519 key desired states are signed with (created if missing; replicas share one file)",
+    )
 
     token = sub.add_parser("token", help="API tokens: create, list, revoke (on the database directly)")
     tsub = token.add_subparsers(dest="token_command", required=True)
@@ -153,6 +158,11 @@ def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
 
     # Built here, not in the server's start-up, so bad settings are one line from run_cli.
     context = build_context(settings)
+    if context.fleet_key is None:
+        log.warning(
+            "serving without --fleet-key: desired states are not signed, so devices cannot tell them"
+            " from forged ones (see docs/security.md)"
+        )
     app = create_app(settings, context=context)
     ssl_options = {}
     if settings.tls_cert is not None:
@@ -208,6 +218,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         listen_host=host,
         listen_port=port,
         trust_keys=trust,
+        fleet_key_file=data / "fleet-key",
     )
     db = Database(settings.db_url)
     migrate(db.engine)
@@ -230,6 +241,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         + (f"  site CA    {ca_file}   (devices get it in their credentials)\n" if ca_file else "")
         + f"  data       {data}\n"
         f"  trusted signing keys: {len(trust) or 'none (bundle uploads are refused; use --trust-key)'}\n"
+        f"  fleet key  {data / 'fleet-key'} (signs desired states; devices pin it at registration)\n"
         f"  admin token file {token_file} ({'new' if created else 'kept from an earlier start'}, mode 0600)\n"
         f"admin token:\n{token}\n"
     )
@@ -270,6 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         device_broker_url=args.device_broker_url,
         controller_interval_s=args.controller_interval,
+        fleet_key_file=args.fleet_key,
     )
     if host in ("0.0.0.0", "::") and not args.public_url:
         log.warning(

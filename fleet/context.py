@@ -16,6 +16,7 @@ from fleet.rollout.desired import Publisher
 from fleet.settings import FleetSettings
 from fleet.storage import BundleStorage
 from sdk import keys
+from sdk.desired_auth import sign_desired
 from sdk.messages import DesiredState
 from sdk.topics import topic
 
@@ -35,6 +36,8 @@ class FleetContext:
     accounts: BrokerAccounts = field(default_factory=NoBrokerAccounts)
     #: wrong-token guesses per client address (``deps.get_token`` answers 429 past the limit).
     auth_failures: AuthFailures = field(init=False)
+    #: signs every desired state (sdk.desired_auth); devices pin its public half at registration.
+    fleet_key: keys.Ed25519PrivateKey | None = None
     _published: dict[str, int] = field(default_factory=dict)
     _published_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,6 +57,13 @@ class FleetContext:
             if message.revision < self._published.get(device_id, -1):
                 return
             self._published[device_id] = message.revision
+            if self.fleet_key is not None:
+                message = sign_desired(
+                    self.fleet_key,
+                    message,
+                    device_id=device_id,
+                    validity_s=self.settings.desired_validity_s,
+                )
             self.metrics.desired_published.inc()
             if self.publisher is not None:
                 self.publisher(device_id, message)
@@ -71,6 +81,10 @@ class FleetContext:
             if self.mqtt is not None:
                 # an empty retained message deletes the retained one (MQTT 3.1.1 §3.3.1.3)
                 self.mqtt.publish(topic("desired", device_id), b"", qos=1, retain=True)
+
+    def fleet_public_key(self) -> str | None:
+        """What a device pins at registration: the base64 public half of the fleet key."""
+        return keys.public_key_to_b64(self.fleet_key.public_key()) if self.fleet_key else None
 
     def publish_all(self, outbox: list[tuple[str, DesiredState]]) -> None:
         for device_id, message in outbox:

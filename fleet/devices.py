@@ -38,8 +38,13 @@ class NoBrokerAccounts:
 
 
 def register(
-    session: Session, data: DeviceCreate, settings: FleetSettings, accounts: BrokerAccounts
+    session: Session,
+    data: DeviceCreate,
+    settings: FleetSettings,
+    accounts: BrokerAccounts,
+    fleet_key: str | None = None,
 ) -> DeviceCredentials:
+    """``fleet_key`` (base64 public key) goes into the credentials: the device pins it."""
     device_id = data.device_id or f"dev-{secrets.token_hex(6)}"
     if session.get(Device, device_id) is not None:
         raise ConflictError(f"device {device_id} is already registered")
@@ -67,6 +72,8 @@ def register(
         fleet_url=settings.base_url(),
         broker_url=settings.device_broker_url or settings.broker_url or None,
         ca_pem=settings.device_ca_pem(),
+        fleet_key=fleet_key,
+        profile=data.profile,
     )
 
 
@@ -84,6 +91,15 @@ def list_devices(
     if labels:
         devices = [d for d in devices if all(d.labels.get(k) == v for k, v in labels.items())]
     return devices
+
+
+def profile_mismatch(device: Device, profile: str) -> str | None:
+    """Why ``device`` must not be offered a bundle built for ``profile``; None when it may."""
+    if device.profile is None:
+        return f"the device's profile is unknown (a bundle for {profile} is not offered to it)"
+    if device.profile != profile:
+        return f"the device's profile is {device.profile}, the bundle's {profile}"
+    return None
 
 
 def update(session: Session, device_id: str, data: DeviceUpdate) -> Device:

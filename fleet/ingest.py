@@ -23,10 +23,9 @@ from fleet.limits import Accepted, IngestLimits, Rejected, RejectReason
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import Inbound
 from fleet.ratelog import RateLimitedLog
-from sdk.messages import ReportedModel, ReportedState
+from fleet.rollout import reports
 
 log = logging.getLogger(__name__)
-_REPORTED_FIELDS = set(ReportedModel.model_fields)
 #: a database error on one message is retried this often before the message is dropped
 _ATTEMPTS = 3
 
@@ -203,7 +202,13 @@ class Ingest:
                     continue
                 msg = a.msg
                 if a.kind == "reported":
-                    self._reported(device, msg, a.received_at)
+                    # What a report may change (never above the revision the fleet issued) is
+                    # decided in one place: fleet.rollout.reports.
+                    try:
+                        reports.accept(device, msg, a.received_at, cut=self.limits.cut)
+                    except Rejected as exc:
+                        self.reject(exc)
+                        continue
                 elif a.kind == "status":
                     device.online = msg.state == "online"
                     device.status_at = a.received_at
@@ -240,22 +245,3 @@ class Ingest:
             except Exception:  # stored is stored: a failing hook must not store it again
                 log.exception("the hook after an ingest commit failed")
         return stored
-
-    def _reported(self, device: Device, msg: ReportedState, received_at: float) -> None:
-        # Replicas may see a device's reports out of order: never go back to an older revision.
-        if msg.revision < device.reported_revision:
-            return
-        device.reported_revision = msg.revision
-        device.reported_models = [
-            {
-                **m.model_dump(include=_REPORTED_FIELDS, exclude_none=True),
-                **({"error": self.limits.cut(m.error)} if m.error else {}),
-            }
-            for m in msg.models
-        ]
-        device.agent_version = msg.agent_version
-        device.last_error = self.limits.cut(msg.last_error)
-        device.reported_at = received_at
-        device.last_seen = received_at
-        if device.profile is None and msg.profile:
-            device.profile = msg.profile

@@ -40,6 +40,8 @@ class RejectReason(enum.Enum):
     STALE_TIME = "stale_time"
     UNKNOWN_DEVICE = "unknown_device"
     DB_ERROR = "db_error"
+    #: a report of a revision the fleet never issued to the device (forged or broken)
+    UNISSUED_REVISION = "unissued_revision"
 
 
 class Rejected(ProtocolError):

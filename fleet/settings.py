@@ -44,6 +44,12 @@ class FleetSettings(BaseSettings):
     max_bundle_mb: float = 4096.0
     #: Ed25519 public keys (files or folders of ``*.pub``) that uploaded bundles must be signed with.
     trust_keys: list[Path] = Field(default_factory=list)
+    #: Ed25519 private key the fleet signs every desired state with (created on first start if
+    #: missing); devices pin its public half at registration. None: desired states go unsigned.
+    fleet_key_file: Path | None = None
+    #: a signed desired state expires this long after it is signed; the fleet re-signs and
+    #: republishes every state after half of it, so devices that hear the fleet never see one expire.
+    desired_validity_s: float = Field(7 * 24 * 3600.0, gt=0)
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8800

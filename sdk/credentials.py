@@ -53,6 +53,12 @@ class DeviceCredentials(BaseModel):
             raise ConfigError(f"cannot load the CA of the credentials of {self.device_id}: {exc}") from None
         return None
 
+    #: base64 raw Ed25519 public key of the fleet, pinned at registration: the agent applies only
+    #: desired states signed with it (sdk.desired_auth).
+    fleet_key: str | None = None
+    #: the hardware profile the device was registered with (reported back in ``reported``).
+    profile: str | None = None
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

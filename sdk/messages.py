@@ -72,6 +72,9 @@ class DesiredModel(BaseModel):
     bundle_url: str
     sha256: str
     size: int = Field(ge=0, le=MAX_BYTES)
+    #: the fleet authorizes activating this version even if the device has verified a newer one
+    #: (a rollback). Honoured only in a desired state signed by the pinned fleet key.
+    allow_downgrade: bool = False
 
     @field_validator("name", "version")
     @classmethod
@@ -86,6 +89,15 @@ class DesiredState(Message):
     models: list[DesiredModel] = Field(default_factory=list, max_length=MAX_ITEMS)
     rollout_id: str | None = None
     issued_at: float = Field(default_factory=now, ge=0, le=MAX_TIME, allow_inf_nan=False)
+    #: the device this state is for: a state signed for one device is refused by every other.
+    device_id: str | None = Field(None, max_length=MAX_NAME)
+    #: Unix time after which the device does not apply this state (stops an indefinite freeze);
+    #: the fleet re-signs it before then. See sdk.desired_auth.
+    expires: float | None = Field(None, ge=0, le=MAX_TIME, allow_inf_nan=False)
+    #: id (sdk.keys.key_id) of the fleet key that signed, and the base64 Ed25519 signature over
+    #: the canonical bytes of every other field (sdk.desired_auth.canonical_bytes).
+    key_id: str | None = Field(None, max_length=MAX_NAME)
+    signature: str | None = Field(None, max_length=MAX_NAME)
 
 
 # --------------------------------------------------------------------------------- reported state

@@ -11,6 +11,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -57,8 +58,15 @@ class BundleDownloader:
         tls_context: ssl.SSLContext | None = None,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        min_rate_bytes_s: float = 1024.0,
+        rate_window_s: float = 60.0,
     ) -> None:
         self.fleet_url = fleet_url.rstrip("/") + "/"
+        #: slow retrieval: a server that trickles bytes (each within ``timeout_s``) would hold an
+        #: update forever; below this average over each window the download is abandoned (and
+        #: retried, resuming the .part file).
+        self.min_rate_bytes_s = min_rate_bytes_s
+        self.rate_window_s = rate_window_s
         self._token = token
         self._client = httpx.Client(
             verify=tls_context or (ssl.create_default_context(cafile=ca_file) if ca_file else True),
@@ -136,10 +144,21 @@ class BundleDownloader:
             with self._client.stream("GET", url, headers=self._headers(url, offset)) as response:
                 offset = self._accept(response, url, part, offset, size)
                 with open(part, "ab" if offset else "wb") as f:
+                    window_start, window_bytes = time.monotonic(), 0
                     try:
                         for chunk in response.iter_raw():  # raw: byte offsets must match the file
                             if cancel is not None and cancel.is_set():
                                 raise DownloadCancelledError(f"download of {url} cancelled")
+                            window_bytes += len(chunk)
+                            elapsed = time.monotonic() - window_start
+                            if elapsed >= self.rate_window_s:
+                                if window_bytes < self.min_rate_bytes_s * elapsed:
+                                    raise DownloadError(
+                                        f"download of {url} is too slow ({window_bytes / elapsed:.0f} B/s"
+                                        f" over {elapsed:.0f} s, below {self.min_rate_bytes_s:g} B/s);"
+                                        " abandoned, to resume on the next try"
+                                    )
+                                window_start, window_bytes = time.monotonic(), 0
                             if f.tell() + len(chunk) > size:
                                 f.close()
                                 part.unlink(missing_ok=True)

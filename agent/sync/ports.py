@@ -27,13 +27,20 @@ class InstalledModel(Protocol):
 
 
 class StorePort(Protocol):
-    def install(self, bundle_path: Path) -> InstalledModel:
-        """Verify (signature, hashes, smoke test) and activate atomically; raise EdgeError on failure."""
+    def install(self, bundle_path: Path, *, allow_downgrade: bool = False) -> InstalledModel:
+        """Verify (signature, hashes, smoke test) and activate atomically; raise EdgeError on failure.
+
+        A version older than the newest this device activated is refused unless ``allow_downgrade``.
+        """
         ...
 
-    def activate(self, name: str, version: str) -> InstalledModel: ...
+    def activate(self, name: str, version: str, *, allow_downgrade: bool = False) -> InstalledModel: ...
 
-    def rollback(self, name: str) -> InstalledModel: ...
+    def rollback(self, name: str, *, allow_downgrade: bool = False) -> InstalledModel: ...
+
+    def active_profile(self) -> str | None:
+        """The hardware profile of the active bundles, when they agree on one."""
+        ...
 
     def has_version(self, name: str, version: str) -> bool: ...
 

@@ -12,12 +12,20 @@ applied one changes nothing. A failed step leaves the store as it was (the old v
 reports ``failed`` with the reason, and the revision counts as handled: the fleet decides what
 happens next by publishing a new revision. A revision whose application was interrupted resumes
 after a restart; the loop guard gives up after ``max_attempts`` starts (a crash loop).
+
+Before anything is offered, :meth:`Reconciler.receive` checks what the device can check
+(:func:`sdk.desired_auth.verify_desired`): the fleet's signature with the key pinned at
+registration, that the state is for this device and not expired, and that its revision is not
+below the highest this device accepted (kept in the journal, so across restarts too). A refused
+state changes nothing; it is logged and sent as a ``failure`` event with the reason. Only a
+verified state can authorize a downgrade (``allow_downgrade``); the store refuses any other.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +35,9 @@ from agent.sync.journal import Journal, ModelRecord
 from agent.sync.ports import StorePort
 from agent.sync.states import FINAL, REPORTED_AS, Event, State, next_state
 from sdk import messages
-from sdk.errors import EdgeError
+from sdk.desired_auth import verify_desired
+from sdk.errors import EdgeError, ProtocolError
+from sdk.keys import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,9 @@ class ReconcileSettings:
     download_tries: int = 4
     #: delay before the first download retry; doubled after each.
     retry_delay_s: float = 2.0
+    #: at most one ``failure`` event per this many seconds for refused desired states (a flood of
+    #: forged messages must not become a flood of events); every refusal is still logged.
+    refusal_event_interval_s: float = 1.0
 
 
 class Reconciler:
@@ -57,6 +70,8 @@ class Reconciler:
         agent_version: str,
         profile: str | None,
         settings: ReconcileSettings | None = None,
+        device_id: str = "",
+        fleet_key: Ed25519PublicKey | None = None,
     ) -> None:
         self._store = store
         self._journal = journal
@@ -67,6 +82,9 @@ class Reconciler:
         self._agent_version = agent_version
         self._profile = profile
         self._settings = settings or ReconcileSettings()
+        self._device_id = device_id
+        self._fleet_key = fleet_key
+        self._refused_at = 0.0
         self._lock = threading.Lock()
         self._latest: messages.DesiredState | None = None
         self._report_requested = False
@@ -74,6 +92,39 @@ class Reconciler:
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------------ thread-safe API
+
+    def receive(self, payload: bytes) -> messages.DesiredState | None:
+        """A ``desired`` payload from the broker: verify it, then offer it; None when refused."""
+        try:
+            desired = verify_desired(payload, self._fleet_key, device_id=self._device_id)
+            highest = self.highest_accepted()
+            if desired.revision < highest:
+                raise ProtocolError(
+                    f"desired revision {desired.revision} is below revision {highest}, the highest this"
+                    " device accepted (a replayed or forged state)"
+                )
+        except ProtocolError as exc:
+            self._refuse(str(exc))
+            return None
+        self.offer(desired)
+        return desired
+
+    def highest_accepted(self) -> int:
+        """The highest revision accepted so far: applied, in progress on disk, or waiting to start."""
+        data = self._journal.data
+        with self._lock:
+            latest = self._latest.revision if self._latest is not None else -1
+        pending = data.pending.revision if data.pending is not None else -1
+        return max(data.applied_revision, pending, latest)
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("refused a desired state for device %s: %s", self._device_id, reason)
+        now = time.monotonic()
+        if now - self._refused_at >= self._settings.refusal_event_interval_s:
+            self._refused_at = now
+            self._send_event(
+                messages.Event(kind="failure", ok=False, reason=f"desired state refused: {reason}")
+            )
 
     def offer(self, desired: messages.DesiredState) -> None:
         """A desired state arrived; the newest revision offered wins."""
@@ -253,7 +304,7 @@ class Reconciler:
     def _install(self, model: messages.DesiredModel, record: ModelRecord, revision: int) -> Event:
         path = self._bundle_path(model)
         try:
-            installed = self._store.install(path)
+            installed = self._store.install(path, allow_downgrade=model.allow_downgrade)
         except Exception as exc:  # the store may fail in ways of its own; the old version stays either way
             if not isinstance(exc, EdgeError):
                 log.exception("installing %s failed unexpectedly", path)
@@ -270,12 +321,13 @@ class Reconciler:
         """Activate an installed version, or roll back to the one that was active before."""
         rolling_back = record.state is State.ROLLING_BACK
         try:
+            allow = model.allow_downgrade  # verify_desired keeps it only on a verified state
             if rolling_back:
-                result = self._store.rollback(model.name)
+                result = self._store.rollback(model.name, allow_downgrade=allow)
                 if result.version != model.version:
-                    result = self._store.activate(model.name, model.version)
+                    result = self._store.activate(model.name, model.version, allow_downgrade=allow)
             else:
-                result = self._store.activate(model.name, model.version)
+                result = self._store.activate(model.name, model.version, allow_downgrade=allow)
         except Exception as exc:
             if not isinstance(exc, EdgeError):
                 log.exception("switching %s to %s failed unexpectedly", model.name, model.version)
@@ -344,7 +396,7 @@ class Reconciler:
                 revision=data.applied_revision,
                 models=models,
                 agent_version=self._agent_version,
-                profile=self._profile,
+                profile=self._profile or self._store.active_profile(),
                 last_error=data.last_error,
                 applying_revision=data.pending.revision if data.pending else None,
             )

@@ -24,7 +24,8 @@ from agent.sync.reconcile import Reconciler, ReconcileSettings
 from agent.sync.telemetry import TelemetrySampler
 from sdk import messages
 from sdk.credentials import DeviceCredentials
-from sdk.errors import ConfigError, ProtocolError
+from sdk.errors import ConfigError
+from sdk.keys import public_key_from_b64
 from sdk.topics import check_device_id, topic
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,13 @@ class SyncService:
             )
         # The site CA (inline or a file beside the credentials) verifies both mqtts and https.
         tls_context = credentials.ssl_context()
+        fleet_key = public_key_from_b64(credentials.fleet_key) if credentials.fleet_key else None
+        if fleet_key is None:
+            log.warning(
+                "%s pins no fleet key: desired states cannot be authenticated (register the device"
+                " again with a fleet that signs them)",
+                config.credentials_file,
+            )
         sync_dir = config.data_dir / "sync"
         sync_dir.mkdir(parents=True, exist_ok=True)
         self._stop = threading.Event()  # fresh, so a stopped service can start again
@@ -118,8 +126,10 @@ class SyncService:
                 topic("reported", device_id), r.to_bytes(), qos=1, retain=True
             ),
             agent_version=config.agent_version,
-            profile=config.profile,
+            profile=config.profile or credentials.profile,
             settings=tuning.reconcile,
+            device_id=device_id,
+            fleet_key=fleet_key,
         )
         self._store.add_listener(lambda name: reconciler.request_report())
         link.on_published = sender.acknowledged
@@ -170,13 +180,8 @@ class SyncService:
         if not payload:
             log.info("desired state cleared on %s; keeping what runs", topic_name)
             return
-        try:
-            desired = messages.parse_message(messages.DesiredState, payload)
-        except ProtocolError as exc:
-            log.warning("ignoring desired state: %s", exc)
-            return
         assert self._reconciler is not None
-        self._reconciler.offer(desired)
+        self._reconciler.receive(payload)
 
     def _telemetry_loop(self) -> None:
         assert self._outbox is not None and self._sender is not None

@@ -191,3 +191,15 @@ class AuditRecord(Base):
     #: the client's address as the server saw it, or ``local`` for the CLI.
     address: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class BundleDownload(Base):
+    """A device's token fetched a bundle (recorded by the download route): what the fleet itself saw,
+    so a device's report that it runs a bundle is believed only if it really fetched it."""
+
+    __tablename__ = "bundle_downloads"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bundle_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    first_at: Mapped[float] = mapped_column(Float, default=now)
+    last_at: Mapped[float] = mapped_column(Float, default=now)

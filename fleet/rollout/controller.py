@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from fleet.db.models import Bundle, Device, EventRecord, Rollout, RolloutDevice, TelemetrySample
 from fleet.db.session import Database
 from fleet.retention import Retention, prune_device_data
-from fleet.rollout import desired, lease, service
+from fleet.rollout import desired, downloads, lease, service
 from fleet.rollout.states import (
     ACTIVE_DEVICE_STATES,
     IN_FLIGHT_STATES,
@@ -36,15 +36,31 @@ LEASE_NAME = "rollout-controller"
 
 
 def _reported_event(
-    device: Device, rd: RolloutDevice, bundle: Bundle
+    s: Session, device: Device, rd: RolloutDevice, bundle: Bundle
 ) -> tuple[DeviceEvent, str | None] | None:
-    """What the device's reported state says about this rollout's update, if anything yet."""
-    if rd.revision is None or device.reported_revision < rd.revision:
+    """What the device's reported state says about this rollout's update, if anything yet.
+
+    Only a report of exactly the revision this rollout issued counts, and "active" is believed only
+    when the fleet saw the device fetch the bundle, or had given it this very bundle before.
+    """
+    if rd.revision is None or device.reported_revision != rd.revision:
         return None
     model = next((m for m in device.reported_models if m.get("name") == bundle.name), None)
     if model is None:
         return DeviceEvent.FAIL, device.last_error or f"the device does not report model {bundle.name}"
     if model.get("state") == "active" and model.get("version") == bundle.version:
+        if not downloads.fetched(s, device.id, bundle, rd.previous_models):
+            log.warning(
+                "device %s reports %s %s active at revision %d but never fetched the bundle: not believed",
+                device.id,
+                bundle.name,
+                bundle.version,
+                rd.revision,
+            )
+            return DeviceEvent.FAIL, (
+                f"reports {bundle.name} {bundle.version} active but its token never downloaded the"
+                " bundle and the fleet had not given it this bundle before: report not believed"
+            )
         return DeviceEvent.ACTIVE, None
     if model.get("state") in ("failed", "rolled_back") or model.get("version") != bundle.version:
         reason = model.get("error") or device.last_error or f"model state {model.get('state')}"
@@ -63,6 +79,7 @@ class RolloutController:
         lease_s: float = 10.0,
         retention_s: float = 0.0,
         retention: Retention | None = None,
+        refresh_s: float = 0.0,
     ) -> None:
         self.db = db
         self.publish = publish
@@ -78,6 +95,9 @@ class RolloutController:
         #: and events by age and count per device (fleet.retention); telemetry as retention_s says
         self.retention = retention or Retention(telemetry_s=retention_s)
         self._pruned_at = 0.0
+        #: every desired state is republished (and so re-signed with a fresh expiry) this often (0: never).
+        self.refresh_s = refresh_s
+        self._republished_at = time.monotonic()
 
     # ------------------------------------------------------------------------------------ loop
 
@@ -107,8 +127,10 @@ class RolloutController:
                     # Republishing here, in the one thread that publishes rollout changes, keeps an
                     # older snapshot from overwriting a newer retained desired state. A new leader
                     # republishes too: the old one may have died between commit and publish.
-                    if self._republish.is_set() or not was_leader:
+                    due = self.refresh_s > 0 and time.monotonic() - self._republished_at >= self.refresh_s
+                    if self._republish.is_set() or not was_leader or due:
                         self._republish.clear()
+                        self._republished_at = time.monotonic()
                         self.republish_all()
                     self.tick()
                     self._prune()
@@ -202,7 +224,7 @@ class RolloutController:
         failures = self._failure_events(s, bundle, updating)
         for rd in updating:
             device = devices[rd.device_id]
-            seen = _reported_event(device, rd, bundle)
+            seen = _reported_event(s, device, rd, bundle)
             if seen is None and rd.device_id in failures:
                 seen = DeviceEvent.FAIL, failures[rd.device_id]
             if (
@@ -226,7 +248,7 @@ class RolloutController:
         )
         for rd in baking:
             device = devices[rd.device_id]
-            seen = _reported_event(device, rd, bundle)
+            seen = _reported_event(s, device, rd, bundle)
             if seen is not None and seen[0] is DeviceEvent.FAIL:
                 service.fire(rd, DeviceEvent.FAIL, seen[1])
                 service.restore_previous(device, rd, rollout.id, outbox)

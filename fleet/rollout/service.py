@@ -55,10 +55,20 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
         chosen = [d for d in chosen if all(d.labels.get(k) == v for k, v in sel.labels.items())]
     else:
         chosen = device_registry.list_devices(session, labels=sel.labels)
-    profile = sel.profile or bundle.profile
-    chosen = [d for d in chosen if d.profile in (None, profile)]
+    if sel.profile and sel.profile != bundle.profile:
+        raise ConfigError(
+            f"the selector asks for profile {sel.profile} but the bundle is for {bundle.profile}"
+        )
+    # A bundle runs only on its own profile: a device whose profile is unknown (registered without
+    # one and never reported one) or another is not offered it, and the rollout says why.
+    skipped = {d.id: device_registry.profile_mismatch(d, bundle.profile) for d in chosen}
+    skipped = {k: v for k, v in skipped.items() if v is not None}
+    chosen = [d for d in chosen if d.id not in skipped]
     if not chosen:
-        raise ConfigError("the selector matches no device")
+        why = f" ({next(iter(skipped.values()))})" if skipped else ""
+        raise ConfigError(
+            f"the selector matches no device that can run the bundle's profile {bundle.profile}{why}"
+        )
     busy = session.scalars(
         select(RolloutDevice.device_id)
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
@@ -86,6 +96,17 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
         session.add(
             RolloutDevice(
                 rollout_id=rollout.id, device_id=device.id, wave=wave, state=DeviceState.PENDING.value
+            )
+        )
+    last_wave = max(plan_waves(len(chosen), data.strategy), default=0)
+    for device_id, reason in skipped.items():
+        session.add(
+            RolloutDevice(
+                rollout_id=rollout.id,
+                device_id=device_id,
+                wave=last_wave,
+                state=DeviceState.SKIPPED.value,
+                error=reason,
             )
         )
     return rollout
@@ -123,7 +144,9 @@ def restore_previous(device: Device, rd: RolloutDevice, rollout_id: str, outbox:
     """Give the device back the desired state this rollout replaced, unless something newer changed it."""
     if rd.revision is None or device.desired_revision != rd.revision:
         return
-    desired.set_desired(device, rd.previous_models or [])
+    # Signed as authorized downgrades: the device refuses to go back to older versions otherwise.
+    restored = [{**m, "allow_downgrade": True} for m in rd.previous_models or []]
+    desired.set_desired(device, restored)
     outbox.append((device.id, desired.desired_message(device, rollout_id)))
 
 

@@ -40,7 +40,7 @@ def test_older_versions_are_pruned(store: ModelStore, make_affine: Callable[...,
 def test_rollback_and_activate_again(store: ModelStore, make_affine: Callable[..., Path]) -> None:
     store.install(make_affine("1"))
     store.install(make_affine("2", scale=3.0))
-    back = store.rollback("affine")
+    back = store.rollback("affine", allow_downgrade=True)
     assert (back.version, back.previous_version) == ("1", "2")
     assert store.active_versions() == {"affine": "1"}
     again = store.activate("affine", "2")
@@ -50,7 +50,7 @@ def test_rollback_and_activate_again(store: ModelStore, make_affine: Callable[..
 def test_rollback_without_previous_is_refused(store: ModelStore, make_affine: Callable[..., Path]) -> None:
     store.install(make_affine("1"))
     with pytest.raises(ModelStoreError, match="no previous version"):
-        store.rollback("affine")
+        store.rollback("affine", allow_downgrade=True)
     assert store.active_versions() == {"affine": "1"}
 
 
@@ -59,7 +59,7 @@ def test_listeners_hear_every_change(store: ModelStore, make_affine: Callable[..
     store.add_listener(lambda name: heard.append((name, store.active_versions()[name])))
     store.install(make_affine("1"))
     store.install(make_affine("2", scale=3.0))
-    store.rollback("affine")
+    store.rollback("affine", allow_downgrade=True)
     assert heard == [("affine", "1"), ("affine", "2"), ("affine", "1")]
 
 
@@ -263,7 +263,7 @@ def test_activate_respects_the_loop_guard(store: ModelStore, make_affine: Callab
     store.install(make_affine("1"))
     store.install(make_affine("2", scale=3.0))
     for attempt in range(MAX_FAILURES):
-        store.rollback("affine")  # away from 2: counts against it
+        store.rollback("affine", allow_downgrade=True)  # away from 2: counts against it
         if attempt < MAX_FAILURES - 1:
             store.activate("affine", "2")
     with pytest.raises(ModelStoreError, match="not trying it again"):

@@ -52,6 +52,8 @@ class Fleet:
     admin: dict[str, str]
     key: keys.Ed25519PrivateKey
     tmp: Path
+    #: device id -> the Authorization header of its own token (from registration).
+    device_tokens: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def token(self, role: str) -> dict[str, str]:
         with self.ctx.db.session() as s:
@@ -71,7 +73,15 @@ class Fleet:
             headers=self.admin,
         )
         assert r.status_code == 201, r.text
+        self.device_tokens[device_id] = {"Authorization": f"Bearer {r.json()['token']}"}
         return r.json()
+
+    def fetch_desired(self, device_id: str) -> None:
+        """Download, with the device's own token, every bundle its last desired state names (as an agent does)."""
+        for model in self.published.last(device_id).models:
+            path = model.bundle_url.split("://", 1)[-1].partition("/")[2]
+            r = self.client.get(f"/{path}", headers=self.device_tokens[device_id])
+            assert r.status_code == 200, r.text
 
 
 @pytest.fixture

@@ -47,6 +47,8 @@ def test_dashboard_shows_devices_rollouts_and_health(tmp_path: Path) -> None:
                 s, DeviceCreate(device_id="cam-1", labels={"site": "<b>lab</b>"}), settings, ctx.accounts
             )
             devices.register(s, DeviceCreate(device_id="cam-2"), settings, ctx.accounts)
+            s.flush()
+            devices.get(s, "cam-2").desired_revision = 3  # a device reports only revisions it was issued
         Ingest(ctx.db, None, ctx.metrics).process(
             [  # type: ignore[arg-type]
                 (topic("status", "cam-2"), Status(state="online").to_bytes(), time.time()),

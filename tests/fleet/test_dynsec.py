@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -45,7 +46,7 @@ def test_registration_creates_a_confined_broker_account(tmp_path: Path, signing_
         )
         with run_fleet(tmp_path / "fleet", args, env={"EDGEFLEET_BROKER_PASSWORD": "fleet-secret"}) as fleet:
             api = FleetClient(fleet.url, token)
-            a = api.register_device("dev-a")
+            a = api.register_device("dev-a", profile="x86-server")
             b = api.register_device("dev-b")
             bad, seen_bad = connect(broker.port, "dev-a", "wrong")
             assert seen_bad["rc"] is not None and seen_bad["rc"].is_failure
@@ -73,6 +74,9 @@ def test_registration_creates_a_confined_broker_account(tmp_path: Path, signing_
             cb.publish(topic("reported", "dev-a"), forged.to_bytes(), qos=1)
             time.sleep(1.0)
             assert api.rollout(rollout["id"])["state"] == "running"
+            # dev-a fetches its bundle with its own token, then reports it active
+            fetched = httpx.get(desired.models[0].bundle_url, headers={"Authorization": f"Bearer {a.token}"})
+            assert fetched.status_code == 200
             real = ReportedState(
                 revision=desired.revision,
                 agent_version="real",

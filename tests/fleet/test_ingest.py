@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from fleet.db.models import Device
 from fleet.ingest import Ingest
 from fleet.limits import Accepted, IngestLimits
 from sdk.messages import Event, ModelTelemetry, ReportedState, Status, Telemetry
@@ -62,6 +63,8 @@ def test_bad_and_unknown_messages_are_counted_not_fatal(fleet: Fleet) -> None:
 
 def test_reports_never_go_back_to_an_older_revision(fleet: Fleet) -> None:
     fleet.register("d0")
+    with fleet.ctx.db.session() as session:  # the fleet issued revision 5 (a device can't report more)
+        session.get(Device, "d0").desired_revision = 5
     feed(
         fleet,
         [

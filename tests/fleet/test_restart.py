@@ -26,7 +26,7 @@ def test_rollout_survives_a_fleet_restart(tmp_path: Path, mosquitto: Mosquitto, 
         with run_fleet(tmp_path / "first", args, name="first", port=port) as fleet:
             api = FleetClient(fleet.url, token)
             for i in range(3):
-                api.register_device(f"d{i}", profile="x86-server")
+                sim.tokens[f"d{i}"] = api.register_device(f"d{i}", profile="x86-server").token
             bundle = api.upload_bundle(make_bundle(tmp_path / "b", signing_key))
             rid = api.create_rollout(bundle["id"])["id"]
             wait_until(lambda: api.rollout(rid)["counts"].get("succeeded") == 2, 20, "two devices done")

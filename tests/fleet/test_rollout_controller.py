@@ -20,7 +20,12 @@ def report(
     version: str | None,
     state: str = "active",
     error: str | None = None,
+    *,
+    fetch: bool = True,
 ) -> None:
+    """``device_id`` reports; an honest device that reports a version active downloaded it first."""
+    if fetch and state == "active" and version is not None and revision > 0:
+        fleet.fetch_desired(device_id)
     msg = ReportedState(
         revision=revision,
         models=[ReportedModel(name="tiny", version=version, state=state, error=error)] if version else [],

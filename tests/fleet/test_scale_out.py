@@ -43,9 +43,8 @@ def test_two_replicas_share_telemetry_and_one_controller(
         ):
             api = FleetClient(a.url, token)
             ids = [f"sim-{i}" for i in range(20)]
-            for d in ids:
-                api.register_device(d, profile="x86-server")
-            sim = SimulatedFleet(mosquitto.host, mosquitto.port)
+            tokens = {d: api.register_device(d, profile="x86-server").token for d in ids}
+            sim = SimulatedFleet(mosquitto.host, mosquitto.port, tokens=tokens)
             time.sleep(1.0)  # both replicas subscribed
 
             # telemetry: 2,000 messages, split between the replicas, none handled twice

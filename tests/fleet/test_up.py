@@ -11,6 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from sdk import keys
 from sdk.messages import DesiredState, ReportedModel, ReportedState, Status, parse_message
 from sdk.topics import topic
 from tests.support.bundles import make_bundle
@@ -73,7 +74,12 @@ def test_up_serves_api_broker_and_per_device_acl(tmp_path: Path, signing_key) ->
         assert token.startswith("ef_")
         h = {"Authorization": f"Bearer {token}"}
         api = httpx.Client(base_url=fleet.url, headers=h, timeout=10)
-        creds = [api.post("/api/v1/devices", json={"device_id": f"d{i}"}).json() for i in range(3)]
+        creds = [
+            api.post("/api/v1/devices", json={"device_id": f"d{i}", "profile": "x86-server"}).json()
+            for i in range(3)
+        ]
+        # the fleet key `up` created on first start is pinned in every device's credentials
+        assert creds[0]["fleet_key"] and creds[0]["fleet_key"] == creds[1]["fleet_key"]
         bundle = make_bundle(tmp_path / "b", signing_key, version="1.0.0")
         with open(bundle, "rb") as f:
             b = api.post("/api/v1/bundles", files={"file": (bundle.name, f)}).json()
@@ -96,6 +102,13 @@ def test_up_serves_api_broker_and_per_device_acl(tmp_path: Path, signing_key) ->
         assert r.status_code == 201, r.text
         wait(lambda: len(d0.desired) == 1)
         assert d0.desired[0].models[0].version == "1.0.0"
+        pinned = keys.public_key_from_b64(creds[0]["fleet_key"])
+        assert d0.desired[0].key_id == keys.key_id(pinned) and d0.desired[0].device_id == "d0"
+        # the device downloads its bundle with its own token (the fleet believes "active" only then)
+        dl = httpx.get(
+            d0.desired[0].models[0].bundle_url, headers={"Authorization": f"Bearer {creds[0]['token']}"}
+        )
+        assert dl.status_code == 200 and len(dl.content) == b["size"]
         d0.c.publish(
             topic("reported", "d0"),
             ReportedState(
@@ -117,11 +130,6 @@ def test_up_serves_api_broker_and_per_device_acl(tmp_path: Path, signing_key) ->
         assert late.other == [] and late.desired == []
         late.close()
         assert api.get("/api/v1/devices/d0").json()["reported_revision"] == 1
-        # the device downloads its bundle with its own token
-        dl = httpx.get(
-            d0.desired[0].models[0].bundle_url, headers={"Authorization": f"Bearer {creds[0]['token']}"}
-        )
-        assert dl.status_code == 200 and len(dl.content) == b["size"]
         # the last will marks a vanished device offline
         d0.c.socket().close()
         wait(lambda: not api.get("/api/v1/devices/d0").json()["online"], timeout=20)

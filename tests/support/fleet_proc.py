@@ -77,6 +77,9 @@ def serve_args(tmp_path: Path, db: str, broker_url: str, *extra: str) -> list[st
         str(tmp_path / "keys" / "signing.pub"),
         "--controller-interval",
         "0.2",
+        # desired states signed; devices registered with this fleet pin the key
+        "--fleet-key",
+        str(tmp_path / "fleet-key"),
         *extra,
     ]
 

@@ -1,13 +1,17 @@
 """Simulated devices on one paho connection: they answer every desired state with a matching report.
 
 Good enough for the fleet's side of the protocol (tests and the bench); the real agent is exercised
-by the e2e tests.
+by the e2e tests. A device whose token is known (``tokens``) downloads every bundle its desired
+state names before it reports it active, as an agent does: the fleet believes an "active" report
+only from a device that fetched the bundle.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
+import httpx
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -34,8 +38,11 @@ class SimulatedFleet:
         fail: set[str] | None = None,
         hold: set[str] | None = None,
         v5: bool = True,
+        tokens: dict[str, str] | None = None,
     ) -> None:
         self.fail = fail or set()
+        #: device id -> its API token; such devices download their bundles before reporting.
+        self.tokens = dict(tokens or {})
         #: devices that receive desired states but do not answer until :meth:`release`.
         self.hold = set(hold or ())
         self.pending: dict[str, DesiredState] = {}
@@ -64,6 +71,29 @@ class SimulatedFleet:
             self._answer(self.c, device_id, self.pending.pop(device_id))
 
     def _answer(self, client: paho.Client, device_id: str, desired: DesiredState) -> None:
+        if device_id in self.tokens and device_id not in self.fail:
+            # off paho's thread: a download must not hold up every other device's messages
+            threading.Thread(
+                target=self._fetch_then_report, args=(client, device_id, desired), daemon=True
+            ).start()
+            return
+        self._report(client, device_id, desired)
+
+    def _fetch_then_report(self, client: paho.Client, device_id: str, desired: DesiredState) -> None:
+        headers = {"Authorization": f"Bearer {self.tokens[device_id]}"}
+        for m in desired.models:
+            for _attempt in range(60):  # like an agent, retry while the fleet is away (a restart)
+                try:
+                    with httpx.stream("GET", m.bundle_url, headers=headers, timeout=30) as r:
+                        r.raise_for_status()
+                        for _chunk in r.iter_bytes():
+                            pass
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+        self._report(client, device_id, desired)
+
+    def _report(self, client: paho.Client, device_id: str, desired: DesiredState) -> None:
         failed = device_id in self.fail
         report = ReportedState(
             revision=desired.revision,

@@ -15,6 +15,7 @@ from fleet.api.deps import ActorDep, ContextDep, DeviceOrViewerDep, OperatorDep,
 from fleet.api.download import bundle_response, check_device_may_download
 from fleet.context import FleetContext
 from fleet.errors import PayloadTooLargeError
+from fleet.rollout import downloads
 from fleet.schemas import BundleDetail, BundlePublic
 from sdk.errors import NotABundleError
 
@@ -116,6 +117,9 @@ def download_bundle(
     A device token gets only the bundles its device's desired state names (403 otherwise)."""
     bundle = bundles.get(session, bundle_id)
     check_device_may_download(session, token, bundle)
+    if token.role == "device" and token.device_id:
+        # The fleet's own evidence that this device fetched it (rollouts check it, see rollout.downloads).
+        downloads.record(session, token.device_id, bundle.id)
     filename = f"{bundle.name}-{bundle.version}-{bundle.profile}.efb"
     direct = ctx.storage.download_url(bundle.storage_key, filename)
     if direct is not None:

@@ -39,7 +39,7 @@ def register_device(
     data: DeviceCreate, session: SessionDep, ctx: ContextDep, actor: ActorDep, _: OperatorDep
 ) -> DeviceCredentials:
     """Register a device; the answer holds its token and broker password (shown only once)."""
-    creds = devices.register(session, data, ctx.settings, ctx.accounts)
+    creds = devices.register(session, data, ctx.settings, ctx.accounts, ctx.fleet_public_key())
     audit.record(
         session,
         actor,

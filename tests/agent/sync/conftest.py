@@ -14,6 +14,7 @@ from agent.sync import SyncConfig, SyncService
 from agent.sync.reconcile import ReconcileSettings
 from agent.sync.service import Tuning
 from sdk import keys
+from sdk.desired_auth import sign_desired
 from tests.agent.sync.support import BundleServer, FakeStore, NoStats, Probe, acl_text, write_credentials
 from tests.support.mosquitto import Mosquitto, run_mosquitto
 
@@ -35,6 +36,8 @@ class World:
     server: BundleServer
     probe: Probe
     key: keys.Ed25519PrivateKey
+    #: the fleet's desired-state signing key; devices pin it with ``config(pin_fleet_key=True)``.
+    fleet_key: keys.Ed25519PrivateKey = field(default_factory=keys.generate_key)
     services: list[SyncService] = field(default_factory=list)
 
     @property
@@ -45,10 +48,21 @@ class World:
         return FakeStore(trusted=[self.key.public_key()], **kwargs)
 
     def config(
-        self, device_id: str = "dev-1", *, data_dir: Path | None = None, interval: float = 0.2
+        self,
+        device_id: str = "dev-1",
+        *,
+        data_dir: Path | None = None,
+        interval: float = 0.2,
+        pin_fleet_key: bool = False,
     ) -> SyncConfig:
+        pinned = keys.public_key_to_b64(self.fleet_key.public_key()) if pin_fleet_key else None
         creds = write_credentials(
-            self.tmp / f"{device_id}.creds.json", device_id, PASSWORDS[device_id], TOKEN, self.broker.ca_file
+            self.tmp / f"{device_id}.creds.json",
+            device_id,
+            PASSWORDS[device_id],
+            TOKEN,
+            self.broker.ca_file,
+            fleet_key=pinned,
         )
         return SyncConfig(
             fleet_url=self.server.url,
@@ -59,6 +73,10 @@ class World:
             telemetry_interval_s=interval,
             profile="x86-server",
         )
+
+    def signed(self, desired: Any, device_id: str = "dev-1", **kwargs: Any) -> Any:
+        """``desired`` signed by the fleet key for ``device_id`` (see sdk.desired_auth)."""
+        return sign_desired(self.fleet_key, desired, device_id=device_id, **kwargs)
 
     def service(
         self, store: Any, device_id: str = "dev-1", tuning: Tuning = FAST, **kwargs: Any

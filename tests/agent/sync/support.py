@@ -66,7 +66,7 @@ class FakeStore:
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
 
-    def install(self, bundle_path: Path) -> Installed:
+    def install(self, bundle_path: Path, *, allow_downgrade: bool = False) -> Installed:
         manifest = verify_bundle(bundle_path, self.trusted).manifest
         self.calls.append(("install", manifest.name, manifest.version))
         if (manifest.name, manifest.version) in self.broken:
@@ -74,13 +74,13 @@ class FakeStore:
         self.versions.setdefault(manifest.name, set()).add(manifest.version)
         return self._switch(manifest.name, manifest.version)
 
-    def activate(self, name: str, version: str) -> Installed:
+    def activate(self, name: str, version: str, *, allow_downgrade: bool = False) -> Installed:
         self.calls.append(("activate", name, version))
         if not self.has_version(name, version):
             raise ModelStoreError(f"{name} {version} is not installed")
         return self._switch(name, version)
 
-    def rollback(self, name: str) -> Installed:
+    def rollback(self, name: str, *, allow_downgrade: bool = False) -> Installed:
         self.calls.append(("rollback", name, self.previous.get(name) or ""))
         target = self.previous.get(name)
         if target is None:
@@ -101,6 +101,9 @@ class FakeStore:
 
     def active_versions(self) -> dict[str, str]:
         return dict(self.active)
+
+    def active_profile(self) -> str | None:
+        return None
 
     def add_listener(self, fn: Callable[[str], None]) -> None:
         self.listeners.append(fn)
@@ -301,7 +304,12 @@ def acl_text() -> str:
 
 
 def write_credentials(
-    path: Path, device_id: str, password: str, token: str, ca_file: Path | None = None
+    path: Path,
+    device_id: str,
+    password: str,
+    token: str,
+    ca_file: Path | None = None,
+    fleet_key: str | None = None,
 ) -> Path:
     return DeviceCredentials(
         device_id=device_id,
@@ -309,6 +317,7 @@ def write_credentials(
         mqtt_username=device_id,
         mqtt_password=password,
         ca_file=str(ca_file) if ca_file else None,
+        fleet_key=fleet_key,
     ).save(path)
 
 

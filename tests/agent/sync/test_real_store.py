@@ -20,14 +20,15 @@ def test_rollout_failure_and_rollback_through_the_real_store(world) -> None:
         "3.0": make_bundle(world.bundles, world.key, name="net", version="3.0", scale=3.0),
     }
 
-    def apply(revision: int, version: str) -> dict:
-        desired = messages.DesiredState(
-            revision=revision, models=[desired_model(versions[version], "net", version)]
+    def apply(revision: int, version: str, *, rollback: bool = False) -> dict:
+        model = desired_model(versions[version], "net", version).model_copy(
+            update={"allow_downgrade": rollback}
         )
+        desired = world.signed(messages.DesiredState(revision=revision, models=[model]))
         world.probe.publish_desired("dev-1", desired)
         return world.probe.wait_for("reported", "dev-1", lambda r: r["revision"] == revision, timeout=30)
 
-    with running(world.service(store, data_dir=world.tmp / "agent-data")):
+    with running(world.service(store, data_dir=world.tmp / "agent-data", pin_fleet_key=True)):
         first = apply(1, "1.0")
         assert first["models"][0]["state"] == "active" and store.active_versions() == {"net": "1.0"}
 
@@ -40,7 +41,8 @@ def test_rollout_failure_and_rollback_through_the_real_store(world) -> None:
         third = apply(3, "3.0")
         assert third["models"][0]["state"] == "active" and store.active_versions() == {"net": "3.0"}
 
-        back = apply(4, "1.0")  # 1.0 is the previous version: a rollback, no download
+        # 1.0 is the previous version: a rollback, no download, authorized by the signed state
+        back = apply(4, "1.0", rollback=True)
         assert back["models"][0]["active_version"] == "1.0" and store.active_versions() == {"net": "1.0"}
 
     kinds = [e.json()["kind"] for e in world.probe.on("events", "dev-1")]

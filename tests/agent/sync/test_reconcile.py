@@ -70,7 +70,9 @@ def test_repeated_and_older_revisions_change_nothing(world) -> None:
         time.sleep(1.0)
 
         assert store.calls == calls
-        assert len(world.probe.on("events", "dev-1")) == events
+        # the repeat changes nothing silently; the older revision is refused with one event saying why
+        (refusal,) = [e.json() for e in world.probe.on("events", "dev-1")[events:]]
+        assert refusal["ok"] is False and "below revision 5" in refusal["reason"]
         assert len(world.server.requests) == downloads
         assert store.active == {"net": "2.0"}
 
