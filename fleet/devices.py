@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet import auth
-from fleet.db.models import Device, EventRecord, RolloutDevice, TelemetrySample
+from fleet.db.models import BundleDownload, Device, EventRecord, RolloutDevice, TelemetrySample
 from fleet.db.session import get_existing
 from fleet.schemas import DeviceCreate, DeviceHealth, DeviceUpdate
 from fleet.settings import FleetSettings
@@ -119,7 +120,10 @@ class Decommissioned:
 
 
 def delete(session: Session, device_id: str, accounts: BrokerAccounts) -> Decommissioned:
-    """Decommission: the device, its tokens, its rollout progress and its broker account go.
+    """Decommission: the device, its tokens, its rollout progress, the data it sent (telemetry,
+    events, the fleet's record of its downloads) and its broker account go, so that a device
+    registered again under the same id inherits nothing: no evidence of downloads it never made,
+    no health from samples it never sent.
 
     The broker account goes last, once the database accepted the rest: if the broker cannot be
     reached the whole call fails and the device stays (it is never half decommissioned with a
@@ -130,6 +134,8 @@ def delete(session: Session, device_id: str, accounts: BrokerAccounts) -> Decomm
     progress = session.scalars(select(RolloutDevice).where(RolloutDevice.device_id == device_id)).all()
     for rd in progress:
         session.delete(rd)
+    for table in (BundleDownload, TelemetrySample, EventRecord):
+        session.execute(sa.delete(table).where(table.device_id == device_id))
     session.flush()  # before the device: the tables have no ORM relationship to order the deletes
     session.delete(device)
     session.flush()

@@ -10,7 +10,9 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import select
 
+from fleet.db.models import BundleDownload
 from fleet.mqtt.broker import RECHECK_S
 from sdk.fleet_client import FleetClient
 from sdk.messages import DesiredState, parse_message
@@ -38,6 +40,9 @@ def test_a_decommissioned_device_token_is_dead_and_not_inherited(live_fleet: Liv
         assert admin.get("/api/v1/devices/cam-1").status_code == 404
     r = download(live_fleet, old["token"], b["id"])
     assert r.status_code == 401 and "revoked" in r.json()["error"]
+    # the fleet's evidence of what the old device fetched goes too: a successor must fetch for itself
+    with live_fleet.ctx.db.session() as s:
+        assert s.scalars(select(BundleDownload).where(BundleDownload.device_id == "cam-1")).all() == []
     # registered again under the same id: new credentials, and the old token stays dead
     new = live_fleet.register("cam-1")
     assert new["token"] != old["token"] and new["mqtt_password"] != old["mqtt_password"]
