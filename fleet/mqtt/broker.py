@@ -57,13 +57,17 @@ class BrokerAuthority:
     def check_login(self, username: str | None, password: str | None, client_id: str | None) -> bool:
         """A device must connect with its own id as client id: a broker keeps one connection per
         client id, so any other rule would let one device disconnect another."""
+        if username and username != self.admin_username and client_id != username:
+            log.warning("embedded broker refused %r: client id %r is not its username", username, client_id)
+            return False
+        return self.password_ok(username, password)
+
+    def password_ok(self, username: str | None, password: str | None) -> bool:
+        """The database (or the fleet's own account) accepts this username and password."""
         if not username or password is None:
             return False
         if username == self.admin_username:
             return auth.check_password(self._admin_sha, password)
-        if client_id != username:
-            log.warning("embedded broker refused %r: client id %r is not its username", username, client_id)
-            return False
         with self.db.session() as s:
             device = s.get(Device, username)
             return device is not None and auth.check_password(device.mqtt_password_hash, password)
@@ -79,7 +83,8 @@ class BrokerAuthority:
         cached = self._recheck.get(key)
         if cached is not None and now - cached[1] < RECHECK_S:
             return cached[0]
-        ok = await asyncio.to_thread(self.check_login, username, password)
+        # the client id was checked at connect: a live session can only lose its password
+        ok = await asyncio.to_thread(self.password_ok, username, password)
         if len(self._recheck) > 10_000:  # bounded: one entry per live login, cleared if it grows past that
             self._recheck.clear()
         self._recheck[key] = (ok, now)

@@ -88,9 +88,8 @@ class Session:
         self.connects: list[bool] = []
         self.disconnects = 0
         self.username = username
-        self.c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"{username}-{time.monotonic_ns()}", protocol=protocol
-        )
+        # A device's client id is its username: both brokers refuse any other (finding 6).
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=protocol)
         self.c.username_pw_set(username, password)
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = lambda *_a: setattr(self, "disconnects", self.disconnects + 1)
@@ -121,7 +120,7 @@ def test_embedded_broker_refuses_a_decommissioned_session(tmp_path: Path, signin
     with run_fleet(tmp_path / "run", args) as fleet:
         api = FleetClient(fleet.url, fleet.stdout_path.read_text().splitlines()[-1])
         bundle = api.upload_bundle(make_bundle(tmp_path / "b", signing_key))  # type: ignore[arg-type]
-        old = api.register_device("d0")
+        old = api.register_device("d0", profile="x86-server")
         stale = Session(mport, "d0", old.mqtt_password)
         assert stale.connects == [True]
         # the old d0 had desired revisions 1 (a rollout) and 2 (its roll back)
@@ -132,7 +131,7 @@ def test_embedded_broker_refuses_a_decommissioned_session(tmp_path: Path, signin
         api.rollback(first["id"])
         wait_until(lambda: [d.revision for d in stale.desired] == [1, 2], what="the old d0's roll back")
         api.delete_device("d0")
-        new = api.register_device("d0")
+        new = api.register_device("d0", profile="x86-server")
         time.sleep(RECHECK_S + 0.5)  # the broker trusts a live login this long before asking again
         refused = Session(mport, "d0", old.mqtt_password)
         refused.close()

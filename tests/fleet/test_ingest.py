@@ -156,7 +156,7 @@ def test_one_bad_message_is_dropped_and_the_rest_of_its_batch_is_stored(
             (topic("telemetry", "bad"), huge_seq % (2**63, now)),
             (topic("telemetry", "good"), tele(1, now)),
             (topic("telemetry", "bad"), huge_seq % (2**31, now)),  # past PostgreSQL's INTEGER
-            (topic("reported", "good"), ReportedState(revision=3, agent_version="a").to_bytes()),
+            (topic("reported", "good"), ReportedState(revision=0, agent_version="a").to_bytes()),
             (
                 topic("reported", "bad"),
                 b'{"schema": 1, "revision": 4611686018427387904, "agent_version": "a"}',
@@ -168,7 +168,7 @@ def test_one_bad_message_is_dropped_and_the_rest_of_its_batch_is_stored(
         ],
     )
     good = fleet.client.get("/api/v1/devices/good", headers=fleet.admin).json()
-    assert good["reported_revision"] == 3 and good["online"] is True
+    assert good["reported_revision"] == 0 and good["online"] is True
     h = fleet.client.get("/api/v1/devices/good/health", params={"window_s": 1e6}, headers=fleet.admin).json()
     assert h["samples"] == 2 and h["recent_events"][0]["reason"] == "ok"
     assert fleet.client.get("/api/v1/devices/bad", headers=fleet.admin).json()["reported_revision"] == -1
@@ -194,12 +194,12 @@ def test_a_message_the_database_refuses_is_dropped_alone(fleet: Fleet) -> None:
         [
             Accepted("good", "telemetry", Telemetry.model_validate_json(tele(1, now)), now),
             Accepted("bad", "telemetry", unchecked, now),
-            Accepted("good", "reported", ReportedState(revision=7, agent_version="a"), now),
+            Accepted("good", "reported", ReportedState(revision=0, agent_version="a"), now),
             Accepted("good", "telemetry", Telemetry.model_validate_json(tele(2, now + 1)), now),
         ]
     )
     assert sorted(stored) == [("good", "reported", None), ("good", "telemetry", 1), ("good", "telemetry", 2)]
-    assert fleet.client.get("/api/v1/devices/good", headers=fleet.admin).json()["reported_revision"] == 7
+    assert fleet.client.get("/api/v1/devices/good", headers=fleet.admin).json()["reported_revision"] == 0
     assert rejected(fleet, "db_error") == 1
 
 
@@ -222,7 +222,8 @@ def test_oversize_messages_and_long_texts_are_bounded(fleet: Fleet) -> None:
     )  # type: ignore[arg-type]
     big = Event(kind="failure", ok=False, reason="x" * 5000).to_bytes()
     long = Event(kind="failure", ok=False, reason="y" * 1000).to_bytes()
-    report = ReportedState(revision=1, agent_version="a", last_error="z" * 1000).to_bytes()
+    # revision 0: a device may only report revisions the fleet issued (none yet)
+    report = ReportedState(revision=0, agent_version="a", last_error="z" * 1000).to_bytes()
     ingest.process(
         [(topic("events", "d0"), p, time.time()) for p in (big, long)]
         + [(topic("reported", "d0"), report, time.time())]
