@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleet.acks import Acknowledger
 from fleet.api.docs import add_docs
 from fleet.api.routes import bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
@@ -80,6 +81,7 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
         ingest = Ingest(
             ctx.db, ctx.mqtt.inbox, ctx.metrics, batch=s.ingest_batch, max_wait_s=s.ingest_max_wait_s
         )
+        ingest.on_committed = Acknowledger(ctx.mqtt.publish).committed
         ingest.start()
         ctx.mqtt.start()
     ctx.controller = RolloutController(

@@ -10,13 +10,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from fleet import telemetry
-from fleet.db.models import Device, EventRecord
+from fleet import event_log, telemetry
+from fleet.db.models import Device
 from fleet.db.session import Database
 from fleet.metrics import FleetMetrics
 from fleet.mqtt.client import Inbound
@@ -44,6 +45,7 @@ class Ingest:
         self.max_wait_s = max_wait_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_committed: Callable[[list[Any]], object] | None = None  # delivery acks: fleet/acks.py
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mqtt-ingest", daemon=True)
@@ -127,7 +129,7 @@ class Ingest:
             stored = telemetry.store_batch(s, tele) if tele else 0
             ids = {d for d, _, _, _ in rest}
             devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))} if ids else {}
-            events: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []  # rows of fleet/event_log.py: stored once per (device, sent_at, seq)
             for device_id, kind, msg, received_at in rest:
                 device = devices.get(device_id)
                 if device is None:
@@ -140,20 +142,11 @@ class Ingest:
                     device.status_at = received_at
                     device.last_seen = received_at
                 elif kind == "events":
-                    events.append(
-                        {
-                            "device_id": device_id,
-                            "time": received_at,
-                            "kind": msg.kind,
-                            "ok": msg.ok,
-                            "model": msg.model,
-                            "version": msg.version,
-                            "revision": msg.revision,
-                            "reason": msg.reason,
-                        }
-                    )
+                    events.append(event_log.event_row(device_id, msg, received_at))
             if events:
-                s.execute(insert(EventRecord), events)
+                event_log.store_events(s, events)
+        if self.on_committed is not None:  # delivery acks (fleet/acks.py): only after the commit
+            self.on_committed(parsed)
         unknown += len(tele) - stored
         for kind in ("telemetry", "reported", "status", "events"):
             n = sum(1 for _, k, _, _ in parsed if k == kind)
