@@ -213,6 +213,8 @@ class SyncService:
         while not self._stop.wait(self.config.telemetry_interval_s):
             try:
                 self._outbox.append(lambda seq: sampler.sample(seq).to_bytes())
-            except Exception:  # a full disk or a broken sensor must not end telemetry for good
+            except (sqlite3.Error, OSError) as exc:  # a full disk: this sample is lost, not the next
+                log.error("could not record telemetry: %s", exc)
+            except Exception:  # a broken sensor must not end telemetry for good
                 log.exception("could not record telemetry")
             self._sender.wake.set()
