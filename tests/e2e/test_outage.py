@@ -25,6 +25,7 @@ from tests.support.delivery import (
     dynsec_serve_args,
     exactly_once_up_to,
     outbox_last_seq,
+    outbox_waiting,
     stored_telemetry_seqs,
 )
 from tests.support.fleet_proc import FleetProcess, admin_token, run_fleet
@@ -107,6 +108,12 @@ def _broker_outage(stack: Stack, outage_s: float) -> None:
         step=0.5,
     )
     assert "session present: False" in stack.agent.log.read_text()  # the broker had forgotten it
+    _acknowledged(stack)
+
+
+def _acknowledged(stack: Stack) -> None:
+    """The fleet's acks reach the device (through the broker's ACL): its outbox empties."""
+    wait(lambda: outbox_waiting(stack.data_dir) <= 2, 30, "the agent's outbox to be acknowledged", step=0.5)
 
 
 @pytest.mark.parametrize("outage_s", [12])
@@ -135,3 +142,4 @@ def test_fleet_restart_loses_nothing(stack: Stack) -> None:
             f"every sample up to {produced + 3} to be stored exactly once",
             step=0.5,
         )
+        _acknowledged(stack)

@@ -68,3 +68,9 @@ def outbox_last_seq(data_dir: Path, stream_key: str = "last_seq") -> int:
     """The last sequence number the agent's outbox handed out (what it has produced so far)."""
     rows = _rows(data_dir / "sync" / "outbox.sqlite3", "SELECT value FROM meta WHERE key = ?", stream_key)
     return int(rows[0][0]) if rows else -1
+
+
+def outbox_waiting(data_dir: Path) -> int:
+    """Telemetry and events in the agent's outbox: sent or not, not yet acknowledged by the fleet."""
+    path = data_dir / "sync" / "outbox.sqlite3"
+    return sum(_rows(path, f"SELECT COUNT(*) FROM {table}")[0][0] for table in ("messages", "events"))
