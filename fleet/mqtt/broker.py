@@ -48,8 +48,8 @@ class BrokerAuthority:
             return device is not None and auth.check_password(device.mqtt_password_hash, password)
 
     def allowed(self, username: str | None, topic: str, action: Action | None = None) -> bool:
-        """As ``sdk.topics.acl_pattern``: a device reads only its own ``desired`` and ``ack`` and writes only its
-        own ``reported``, ``status``, ``telemetry`` and ``events``."""
+        """As ``sdk.topics.acl_pattern``: a device reads only its own ``desired`` and ``ack`` and
+        writes only its own ``reported``, ``status``, ``telemetry`` and ``events``."""
         if username == self.admin_username:
             return True
         if not username or not topic.startswith(f"{PREFIX}/{username}/"):
