@@ -129,7 +129,7 @@ class Ingest:
             stored = telemetry.store_batch(s, tele) if tele else 0
             ids = {d for d, _, _, _ in rest}
             devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))} if ids else {}
-            events: list[dict[str, Any]] = []  # rows of fleet/event_log.py: stored once per (device, sent_at, seq)
+            events: list[dict[str, Any]] = []  # fleet/event_log.py rows: stored once each
             for device_id, kind, msg, received_at in rest:
                 device = devices.get(device_id)
                 if device is None:
