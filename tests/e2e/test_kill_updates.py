@@ -190,6 +190,7 @@ def test_kills_during_updates_leave_a_verified_model_serving(stack: Stack) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~31 min measured on 2 shared cores (9 s a kill, restarts included)
 def test_200_kills_during_updates(stack: Stack) -> None:
     kills = int(os.environ.get("EDGEFLEET_KILLS", "200"))
     landed = _kill_during_updates(stack, kills=kills, seed=int(os.environ.get("EDGEFLEET_KILL_SEED", "200")))
