@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from fleet.acks import Acknowledger
 from fleet.api.body_limits import BodyLimits
 from fleet.api.docs import add_docs
 from fleet.api.responses import ERROR_RESPONSES
@@ -114,6 +115,7 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
             max_wait_s=s.ingest_max_wait_s,
             limits=IngestLimits.from_settings(s),
         )
+        ingest.on_stored = Acknowledger(ctx.mqtt.publish).committed
         ingest.start()
         ctx.mqtt.start()
     ctx.controller = RolloutController(

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from fleet import telemetry
-from fleet.db.models import Device, EventRecord
+from fleet import event_log, telemetry
+from fleet.db.models import Device
 from fleet.db.session import Database
 from fleet.limits import Accepted, IngestLimits, Rejected, RejectReason
 from fleet.metrics import FleetMetrics
@@ -31,7 +31,7 @@ _ATTEMPTS = 3
 
 
 class Stored(NamedTuple):
-    """One device message that is in the database now (``seq`` for telemetry, else None)."""
+    """One device message that is in the database now (``seq`` for telemetry and events, else None)."""
 
     device_id: str
     kind: str
@@ -187,6 +187,8 @@ class Ingest:
         tele = [(a.device_id, a.msg, a.received_at) for a in accepted if a.kind == "telemetry"]
         rest = [a for a in accepted if a.kind != "telemetry"]
         unknown: list[Accepted] = []
+        #: messages refused inside the transaction; counted and logged only once it committed
+        refused: list[tuple[Accepted, Rejected]] = []
         stored: list[Stored] = []
         with self.db.session() as s:
             samples = telemetry.store_batch(s, tele) if tele else telemetry.StoredSamples()
@@ -194,7 +196,7 @@ class Ingest:
             unknown += [a for a in accepted if a.kind == "telemetry" and a.device_id in samples.unknown]
             ids = {a.device_id for a in rest}
             devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))} if ids else {}
-            events: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []  # fleet/event_log.py rows: stored once each
             for a in rest:
                 device = devices.get(a.device_id)
                 if device is None:
@@ -207,29 +209,18 @@ class Ingest:
                     try:
                         reports.accept(device, msg, a.received_at, cut=self.limits.cut)
                     except Rejected as exc:
-                        self.reject(exc)
+                        refused.append((a, exc))
                         continue
                 elif a.kind == "status":
                     device.online = msg.state == "online"
                     device.status_at = a.received_at
                     device.last_seen = a.received_at
                 elif a.kind == "events":
-                    events.append(
-                        {
-                            "device_id": a.device_id,
-                            "time": a.received_at,
-                            "kind": msg.kind,
-                            "ok": msg.ok,
-                            "model": msg.model,
-                            "version": msg.version,
-                            "revision": msg.revision,
-                            "reason": self.limits.cut(msg.reason),
-                        }
-                    )
-                stored.append(Stored(a.device_id, a.kind, None))
+                    events.append(event_log.event_row(a.device_id, msg, a.received_at, cut=self.limits.cut))
+                stored.append(Stored(a.device_id, a.kind, msg.seq if a.kind == "events" else None))
             if events:
-                s.execute(insert(EventRecord), events)
-        dropped = {id(a) for a in unknown}
+                event_log.store_events(s, events)
+        dropped = {id(a) for a in unknown} | {id(a) for a, _ in refused}
         for kind in ("telemetry", "reported", "status", "events"):
             n = sum(1 for a in accepted if a.kind == kind and id(a) not in dropped)
             if n:
@@ -239,6 +230,8 @@ class Ingest:
             self.reject(
                 Rejected(a.device_id, RejectReason.UNKNOWN_DEVICE, f"{a.kind} from a device not registered")
             )
+        for _, exc in refused:
+            self.reject(exc)
         if self.on_stored is not None and stored:
             try:
                 self.on_stored(stored)

@@ -212,3 +212,24 @@ class Event(Message):
     revision: int | None = Field(None, ge=-1, le=MAX_INT)
     reason: str | None = None
     time: float = Field(default_factory=now, ge=0, le=MAX_TIME, allow_inf_nan=False)
+    #: per-device event sequence number (the agent's outbox): with ``time`` it makes a resent
+    #: event a repeat the fleet stores once. Absent from agents older than acknowledgements.
+    seq: int | None = Field(None, ge=0, le=MAX_INT)
+
+
+# -------------------------------------------------------------------------------- acknowledgements
+
+#: the most sequence numbers one :class:`Ack` lists per stream (one ingest batch stays far below).
+MAX_ACK_SEQS = 10_000
+
+
+class Ack(Message):
+    """fleet → agent, QoS 1, not retained: the telemetry and events the fleet has STORED.
+
+    Sent after the ingest transaction commits, never before; the agent keeps each message in its
+    disk outbox until it is listed here and sends it again otherwise, so a broker restarted
+    without persistence or a fleet that was away loses nothing. A repeat is acknowledged again.
+    """
+
+    telemetry: list[int] = Field(default_factory=list, max_length=MAX_ACK_SEQS)
+    events: list[int] = Field(default_factory=list, max_length=MAX_ACK_SEQS)

@@ -12,8 +12,10 @@ from typing import Literal, get_args
 from sdk.errors import ProtocolError
 
 PREFIX = "edgefleet/v1/devices"
-TopicKind = Literal["desired", "reported", "status", "telemetry", "events"]
+TopicKind = Literal["desired", "reported", "status", "telemetry", "events", "ack"]
 KINDS: tuple[str, ...] = get_args(TopicKind)
+#: the kinds the fleet sends and a device only reads; a device sends all the others.
+DEVICE_READS: tuple[str, ...] = ("desired", "ack")
 #: A device id is one topic level: no wildcards, no separators, no ``$`` prefix.
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -57,11 +59,12 @@ def parse_topic(name: str) -> tuple[str, TopicKind]:
 def acl_pattern() -> str:
     """Mosquitto ACL lines that confine each device (``%u`` = its username = its id) to its topics.
 
-    A device reads only its own ``desired`` and writes only its own ``reported``, ``status``,
-    ``telemetry`` and ``events``: it can neither forge its desired state nor read another device's.
+    A device reads only its own ``desired`` and ``ack`` and writes only its own ``reported``,
+    ``status``, ``telemetry`` and ``events``: it can neither forge its desired state or the fleet's
+    acknowledgements nor read another device's.
     """
-    lines = [f"pattern read {PREFIX}/%u/desired"]
-    lines += [f"pattern write {PREFIX}/%u/{kind}" for kind in KINDS if kind != "desired"]
+    lines = [f"pattern read {PREFIX}/%u/{kind}" for kind in DEVICE_READS]
+    lines += [f"pattern write {PREFIX}/%u/{kind}" for kind in KINDS if kind not in DEVICE_READS]
     return "\n".join(lines)
 
 

@@ -7,8 +7,10 @@ whose size and sha256 match the desired state is renamed to ``dest``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import ssl
 import threading
 import time
@@ -19,10 +21,21 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from sdk.bundle import file_sha256
-from sdk.errors import AuthError, BundleTooLargeError, EdgeError, FleetError, IntegrityError, NotFoundError
+from sdk.errors import (
+    AuthError,
+    BundleTooLargeError,
+    EdgeError,
+    FleetError,
+    IntegrityError,
+    ModelStoreError,
+    NotFoundError,
+)
 from sdk.fsio import fsync_dir
 
 log = logging.getLogger(__name__)
+
+#: a full disk (or quota, or file size limit): not worth retrying soon, and the partial file goes.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class DownloadError(FleetError):
@@ -118,6 +131,7 @@ class BundleDownloader:
             offset = 0
         resumed_from = offset
         if offset < size:
+            self._check_room(part, size - offset)
             self._stream(url, part, offset, size, cancel)
         try:
             self._check(part, size, sha256)
@@ -173,6 +187,26 @@ class BundleDownloader:
                             os.fsync(f.fileno())
         except httpx.HTTPError as exc:
             raise DownloadError(f"download of {url} failed: {exc}") from None
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+            # The disk filled up while we wrote (something else took the room): give it back, so
+            # the serving version, its logs and its telemetry keep working, and fail this update.
+            part.unlink(missing_ok=True)
+            raise ModelStoreError(f"no room on disk for {url}: {exc.strerror}") from None
+
+    @staticmethod
+    def _check_room(part: Path, needed: int) -> None:
+        """Refuse a download the disk cannot hold before writing a byte of it."""
+        try:
+            free = shutil.disk_usage(part.parent).free
+        except OSError:
+            return
+        if free < needed:
+            part.unlink(missing_ok=True)
+            raise ModelStoreError(
+                f"no room on disk for the bundle: it needs {needed} more bytes, {free} are free in {part.parent}"
+            )
 
     @staticmethod
     def _accept(response: httpx.Response, url: str, part: Path, offset: int, size: int) -> int:

@@ -1,15 +1,20 @@
-"""Telemetry waiting for the broker: kept on disk within a bound, sent in order when it is back.
+"""Telemetry and events on their way to the fleet: kept on disk until the fleet has STORED them.
+
+Handing a message to the broker is not delivering it: a broker restarted without its persistence
+file forgets what it held, and a fleet that is away misses what the broker passes on meanwhile.
+So an outbox message is deleted only when the fleet's ``ack`` (:class:`sdk.messages.Ack`, sent
+after its ingest transaction commits) lists it; until then it is sent again after every reconnect
+and whenever its acknowledgement is overdue. The fleet stores a repeat once (telemetry by
+``(device, time, seq)``, events by ``(device, time, seq)``), so resending is always safe.
 
 :class:`Outbox` is a SQLite file (stdlib ``sqlite3``, WAL, synchronous=FULL), so what was
-appended survives a ``kill -9`` or a power cut. It also hands out the per-device sequence numbers,
-which keep increasing across restarts. When the bound (messages or bytes) is passed, the oldest
-messages are dropped first and the count is logged.
+appended survives a ``kill -9`` or a power cut. It hands out one sequence number per stream, which
+keeps increasing across restarts. It is bounded (messages and bytes, both streams together): when
+full, the oldest telemetry goes first, events only when no telemetry is left to drop (an event
+says what happened to an update; one sample less is a gap in a chart). Drops are logged and
+counted, also on disk.
 
-:class:`OutboxSender` hands the oldest messages to the MQTT link, a window at a time, and deletes
-each one when the broker acknowledges it. Messages handed over stay in paho's queue across a
-reconnect and are resent first, so the broker sees them in sequence order without duplicates
-while this process lives; after a restart, unacknowledged messages are simply sent again (the
-fleet drops repeats by ``seq``).
+:class:`OutboxSender` moves the oldest unacknowledged messages to the MQTT link, a window at a time.
 """
 
 from __future__ import annotations
@@ -21,15 +26,25 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
+
+from sdk.messages import Ack
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
+Stream = Literal["telemetry", "events"]
+STREAMS: tuple[Stream, ...] = ("events", "telemetry")  # the order the sender serves them
+#: one table per stream; ``messages`` is telemetry, its name kept from before events were buffered.
+_TABLE: dict[Stream, str] = {"telemetry": "messages", "events": "events"}
+_LAST_SEQ: dict[Stream, str] = {"telemetry": "last_seq", "events": "last_seq_events"}
+_DROPPED: dict[Stream, str] = {"telemetry": "dropped_telemetry", "events": "dropped_events"}
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -42,10 +57,8 @@ class Outbox:
         self.path = path
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        #: messages dropped by the bound since this outbox was opened.
-        self.dropped = 0
         self._lock = threading.Lock()
-        # Shared by the telemetry, sender and paho threads, always under self._lock.
+        # Shared by the telemetry, reconcile and sender threads, always under self._lock.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -55,66 +68,98 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def append(self, compose: Callable[[int], bytes]) -> int:
-        """Store ``compose(seq)`` under the next sequence number and return that number."""
+    def append(self, compose: Callable[[int], bytes], stream: Stream = "telemetry") -> int:
+        """Store ``compose(seq)`` under the stream's next sequence number and return that number."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
-                seq = 0 if row is None else row[0] + 1
-                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (seq,))
-                self._db.execute("INSERT INTO messages (seq, payload) VALUES (?, ?)", (seq, compose(seq)))
-                dropped = self._enforce_bound()
+                seq = self._meta(_LAST_SEQ[stream], -1) + 1
+                self._set_meta(_LAST_SEQ[stream], seq)
+                self._db.execute(
+                    f"INSERT INTO {_TABLE[stream]} (seq, payload) VALUES (?, ?)", (seq, compose(seq))
+                )
+                dropped = self._enforce_bound(keep=(stream, seq))
+                for name, n in dropped.items():
+                    if n:
+                        self._set_meta(_DROPPED[name], self._meta(_DROPPED[name], 0) + n)
+                totals = {name: self._meta(_DROPPED[name], 0) for name in dropped}
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        if dropped:
-            self.dropped += dropped
-            log.warning(
-                "telemetry buffer full (%d messages / %d bytes): dropped the %d oldest (%d in total)",
-                self.max_messages,
-                self.max_bytes,
-                dropped,
-                self.dropped,
-            )
+        for name, n in dropped.items():
+            if n:
+                log.warning(
+                    "outbox full (%d messages / %d bytes): dropped the %d oldest %s (%d in total)",
+                    self.max_messages,
+                    self.max_bytes,
+                    n,
+                    name,
+                    totals[name],
+                )
         return seq
 
-    def _enforce_bound(self) -> int:
-        count, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
-        ).fetchone()
-        dropped = 0
-        # Oldest first; the newest message always stays, even if it alone passes max_bytes.
-        for seq, length in self._db.execute(
-            "SELECT seq, LENGTH(payload) FROM messages ORDER BY seq"
-        ).fetchall():
-            if count - dropped <= 1 or (count - dropped <= self.max_messages and size <= self.max_bytes):
+    def _meta(self, key: str, default: int) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _enforce_bound(self, keep: tuple[Stream, int]) -> dict[Stream, int]:
+        count = size = 0
+        for table in _TABLE.values():
+            n, b = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM {table}"
+            ).fetchone()
+            count, size = count + n, size + b
+        dropped: dict[Stream, int] = {"telemetry": 0, "events": 0}
+        # Telemetry first, then events; oldest first; the message just appended always stays,
+        # even if it alone passes max_bytes.
+        for stream in ("telemetry", "events"):
+            if count <= self.max_messages and size <= self.max_bytes:
                 break
-            self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-            dropped += 1
-            size -= length
+            rows = self._db.execute(f"SELECT seq, LENGTH(payload) FROM {_TABLE[stream]} ORDER BY seq")
+            for seq, length in rows.fetchall():
+                if count <= self.max_messages and size <= self.max_bytes:
+                    break
+                if (stream, seq) == keep:
+                    continue
+                self._db.execute(f"DELETE FROM {_TABLE[stream]} WHERE seq = ?", (seq,))
+                dropped[stream] += 1
+                count, size = count - 1, size - length
         return dropped
 
-    def pending(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` messages with a sequence number above ``after``, oldest first."""
+    def pending(
+        self, stream: Stream = "telemetry", limit: int = 1_000_000, after: int = -1
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` messages of ``stream`` with a sequence number above ``after``, oldest first."""
         with self._lock:
             return self._db.execute(
-                "SELECT seq, payload FROM messages WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+                f"SELECT seq, payload FROM {_TABLE[stream]} WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
 
-    def remove(self, seqs: list[int]) -> None:
+    def remove(self, seqs: list[int], stream: Stream = "telemetry") -> None:
         """Delete delivered messages, in one transaction (one fsync however many)."""
         if not seqs:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in seqs])
+            self._db.executemany(f"DELETE FROM {_TABLE[stream]} WHERE seq = ?", [(seq,) for seq in seqs])
             self._db.execute("COMMIT")
 
-    def __len__(self) -> int:
+    def count(self, stream: Stream) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM {_TABLE[stream]}").fetchone()[0]
+
+    def dropped(self, stream: Stream) -> int:
+        """Messages of ``stream`` the bound has dropped, over the life of this file."""
+        with self._lock:
+            return self._meta(_DROPPED[stream], 0)
+
+    def __len__(self) -> int:
+        return sum(self.count(stream) for stream in STREAMS)
 
 
 class Link(Protocol):
@@ -124,58 +169,114 @@ class Link(Protocol):
 
 
 class OutboxSender:
-    """Moves outbox messages to the broker in order, from one thread that calls :meth:`pump`.
+    """Moves outbox messages to the broker from one thread that calls :meth:`pump`.
 
-    :meth:`acknowledged` is called on paho's network thread while paho holds its own message
-    lock, so it only queues the mid; :meth:`pump` (which calls into paho) does the bookkeeping on
-    the sender's thread. Taking a lock of ours inside the callback could deadlock against it.
+    A message handed to the link waits for the fleet's acknowledgement. It is sent again after a
+    reconnect (the broker may have lost it, or the session with it) and when its acknowledgement
+    is ``ack_timeout_s`` overdue (the fleet may have been away, or lost it before its commit);
+    each overdue round doubles the timeout up to ``ack_timeout_max_s``, so a fleet that stays away
+    is not flooded, and any acknowledgement sets it back.
+
+    :meth:`acknowledged` and :meth:`reconnected` are called on paho's network thread, so they only
+    queue and wake; :meth:`pump` does the bookkeeping on the sender's thread.
     """
 
-    def __init__(self, outbox: Outbox, link: Link, topic: str, *, window: int = 64) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: Link,
+        topics: dict[Stream, str],
+        *,
+        window: int = 256,
+        ack_timeout_s: float = 10.0,
+        ack_timeout_max_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._outbox = outbox
         self._link = link
-        self._topic = topic
+        self._topics = topics
         self._window = window
-        self._acks: deque[int] = deque()
-        #: mid -> seq of messages handed to the link and not yet acknowledged.
-        self._in_flight: dict[int, int] = {}
-        self._last_handed = -1
+        self._ack_timeout_s = ack_timeout_s
+        self._ack_timeout_max_s = ack_timeout_max_s
+        self._timeout_s = ack_timeout_s
+        self._clock = clock
+        self._acks: deque[Ack] = deque()
+        self._reconnects: deque[None] = deque()
+        #: (stream, seq) -> when it was handed to the link, for messages not yet acknowledged.
+        self._sent: dict[tuple[Stream, int], float] = {}
+        #: messages sent again (overdue or after a reconnect) since this sender started.
+        self.resent = 0
         #: set when there may be work; the sender thread waits on it.
         self.wake = threading.Event()
 
-    def acknowledged(self, mid: int) -> None:
-        self._acks.append(mid)
+    def acknowledged(self, ack: Ack) -> None:
+        self._acks.append(ack)
+        self.wake.set()
+
+    def reconnected(self) -> None:
+        self._reconnects.append(None)
         self.wake.set()
 
     def pump(self) -> int:
-        """Retire acknowledged messages, then hand the next ones over while connected."""
-        delivered = []
-        while self._acks:
-            seq = self._in_flight.pop(self._acks.popleft(), None)
-            if seq is not None:  # other mids are status, reported and events messages
-                delivered.append(seq)
-        self._outbox.remove(delivered)
+        """Retire acknowledged messages, then hand over the oldest unacknowledged ones while connected."""
+        self._retire()
         if not self._link.is_connected():
             return 0
-        free = self._window - len(self._in_flight)
+        now = self._clock()
+        if self._reconnects:
+            self._reconnects.clear()
+            self.resent += len(self._sent)
+            self._sent.clear()
+            self._timeout_s = self._ack_timeout_s
+        overdue = [key for key, sent_at in self._sent.items() if now - sent_at >= self._timeout_s]
+        if overdue:
+            log.info(
+                "%d messages not acknowledged by the fleet within %.0f s; sending them again",
+                len(overdue),
+                self._timeout_s,
+            )
+            for key in overdue:
+                del self._sent[key]
+            self.resent += len(overdue)
+            self._timeout_s = min(self._timeout_s * 2, self._ack_timeout_max_s)
+        free = self._window - len(self._sent)
         handed = 0
-        if free > 0:
-            for seq, payload in self._outbox.pending(self._last_handed, free):
-                self._in_flight[self._link.publish(self._topic, payload, qos=1)] = seq
-                self._last_handed = seq
+        for stream in STREAMS:
+            if free <= 0:
+                break
+            # The window oldest rows hold every message in flight, so at least `free` others.
+            for seq, payload in self._outbox.pending(stream, self._window):
+                if (stream, seq) in self._sent:
+                    continue
+                self._link.publish(self._topics[stream], payload, qos=1)
+                self._sent[(stream, seq)] = now
                 handed += 1
+                free -= 1
+                if free <= 0:
+                    break
         return handed
+
+    def _retire(self) -> None:
+        while self._acks:
+            ack = self._acks.popleft()
+            for stream, seqs in (("telemetry", ack.telemetry), ("events", ack.events)):
+                if not seqs:
+                    continue
+                self._outbox.remove(seqs, stream)  # type: ignore[arg-type]
+                for seq in seqs:
+                    self._sent.pop((stream, seq), None)  # type: ignore[arg-type]
+                self._timeout_s = self._ack_timeout_s
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self._sent)
 
     def drain(self, timeout_s: float) -> bool:
-        """Send what is waiting and wait for the acknowledgements (a clean stop); True when all went."""
+        """Send what is waiting and wait for the fleet's acknowledgements; True when all were stored."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._link.is_connected():
             self.pump()
-            if not self._in_flight and not self._outbox.pending(self._last_handed, 1):
+            if not len(self._outbox):
                 return True
             self.wake.wait(0.05)
             self.wake.clear()
@@ -189,4 +290,4 @@ class OutboxSender:
             try:
                 self.pump()
             except sqlite3.Error:
-                log.exception("telemetry outbox failed; retrying")
+                log.exception("outbox failed; retrying")

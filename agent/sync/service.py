@@ -8,6 +8,7 @@ them touches serving: the agent answers inference requests whether or not the br
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from agent.sync.reconcile import Reconciler, ReconcileSettings
 from agent.sync.telemetry import TelemetrySampler
 from sdk import messages
 from sdk.credentials import DeviceCredentials
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, ProtocolError
 from sdk.keys import public_key_from_b64
 from sdk.topics import check_device_id, topic
 
@@ -52,6 +53,10 @@ class Tuning:
     keepalive_s: int = 30
     outbox_max_messages: int = 10_000
     outbox_max_bytes: int = 16 * 1024 * 1024
+    #: telemetry and events not acknowledged by the fleet this long after sending go again
+    #: (doubling while none comes, up to the maximum).
+    ack_timeout_s: float = 10.0
+    ack_timeout_max_s: float = 120.0
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
 
 
@@ -114,14 +119,20 @@ class SyncService:
             max_messages=tuning.outbox_max_messages,
             max_bytes=tuning.outbox_max_bytes,
         )
-        self._sender = sender = OutboxSender(self._outbox, link, topic("telemetry", device_id))
+        self._sender = sender = OutboxSender(
+            self._outbox,
+            link,
+            {"telemetry": topic("telemetry", device_id), "events": topic("events", device_id)},
+            ack_timeout_s=tuning.ack_timeout_s,
+            ack_timeout_max_s=tuning.ack_timeout_max_s,
+        )
         self._downloader = BundleDownloader(config.fleet_url, credentials.token, tls_context=tls_context)
         self._reconciler = reconciler = Reconciler(
             self._store,
             Journal(sync_dir / "journal.json"),
             self._downloader,
             sync_dir / "downloads",
-            send_event=lambda e: link.publish(topic("events", device_id), e.to_bytes(), qos=1),
+            send_event=self._send_event,
             send_reported=lambda r: link.publish(
                 topic("reported", device_id), r.to_bytes(), qos=1, retain=True
             ),
@@ -132,11 +143,12 @@ class SyncService:
             fleet_key=fleet_key,
         )
         self._store.add_listener(lambda name: reconciler.request_report())
-        link.on_published = sender.acknowledged
         # On paho's thread: only wake the others. A broker that restarted without persistence
-        # has lost the retained reported state, so it is published again.
-        link.on_connected = lambda: (reconciler.request_report(), sender.wake.set())
+        # has lost the retained reported state, so it is published again, and whatever the fleet
+        # has not acknowledged may be lost with it, so that goes again too.
+        link.on_connected = lambda: (reconciler.request_report(), sender.reconnected())
         link.subscribe(topic("desired", device_id), self._on_desired)
+        link.subscribe(topic("ack", device_id), self._on_ack)
 
         self._spawn("sync-reconcile", reconciler.run)
         self._spawn("sync-outbox", lambda: sender.run(self._stop))
@@ -183,12 +195,33 @@ class SyncService:
         assert self._reconciler is not None
         self._reconciler.receive(payload)
 
+    def _on_ack(self, topic_name: str, payload: bytes) -> None:
+        try:
+            ack = messages.parse_message(messages.Ack, payload)
+        except ProtocolError as exc:
+            log.warning("ignoring acknowledgement: %s", exc)
+            return
+        assert self._sender is not None
+        self._sender.acknowledged(ack)
+
+    def _send_event(self, event: messages.Event) -> None:
+        """Into the outbox, numbered, so it reaches the fleet once however often it is sent."""
+        assert self._outbox is not None and self._sender is not None
+        try:
+            self._outbox.append(lambda seq: event.model_copy(update={"seq": seq}).to_bytes(), "events")
+        except (sqlite3.Error, OSError) as exc:  # a full disk must not stop the update it reports on
+            log.error("could not record the %s event (%s): %s", event.kind, event.reason, exc)
+            return
+        self._sender.wake.set()
+
     def _telemetry_loop(self) -> None:
         assert self._outbox is not None and self._sender is not None
         sampler = TelemetrySampler(self.config.data_dir, self._stats, self.config.telemetry_interval_s)
         while not self._stop.wait(self.config.telemetry_interval_s):
             try:
                 self._outbox.append(lambda seq: sampler.sample(seq).to_bytes())
-            except Exception:  # a full disk or a broken sensor must not end telemetry for good
+            except (sqlite3.Error, OSError) as exc:  # a full disk: this sample is lost, not the next
+                log.error("could not record telemetry: %s", exc)
+            except Exception:  # a broken sensor must not end telemetry for good
                 log.exception("could not record telemetry")
             self._sender.wake.set()

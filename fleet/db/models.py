@@ -147,7 +147,11 @@ class TelemetrySample(Base):
 
 class EventRecord(Base):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_device_time", "device_id", "time"),)
+    __table_args__ = (
+        Index("ix_events_device_time", "device_id", "time"),
+        # a resent event is a repeat (fleet/event_log.py); NULLs (older agents) never conflict
+        Index("ux_events_device_sent_seq", "device_id", "sent_at", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(128))
@@ -158,6 +162,9 @@ class EventRecord(Base):
     version: Mapped[str | None] = mapped_column(String(128))
     revision: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
+    #: the agent's outbox sequence number and its own time of the event (the dedupe key).
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    sent_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Lease(Base):

@@ -36,10 +36,10 @@ from fleet import auth
 from fleet.db.models import Device
 from fleet.db.session import Database
 from sdk.errors import ConfigError
-from sdk.topics import MAX_PACKET_BYTES, PREFIX
+from sdk.topics import DEVICE_READS, MAX_PACKET_BYTES, PREFIX
 
 log = logging.getLogger(__name__)
-#: the topic kinds a device publishes; it only receives ``desired``.
+#: the topic kinds a device publishes; it only receives ``desired`` and ``ack``.
 DEVICE_SENDS = frozenset({"reported", "status", "telemetry", "events"})
 #: seconds a connected device's login is trusted before the database is asked again.
 RECHECK_S = 2.0
@@ -93,14 +93,14 @@ class BrokerAuthority:
         return ok
 
     def allowed(self, username: str | None, topic: str, action: Action | None = None) -> bool:
-        """As ``sdk.topics.acl_pattern``: a device reads only its own ``desired`` and writes only its
-        own ``reported``, ``status``, ``telemetry`` and ``events``."""
+        """As ``sdk.topics.acl_pattern``: a device reads only its own ``desired`` and ``ack`` and
+        writes only its own ``reported``, ``status``, ``telemetry`` and ``events``."""
         if username == self.admin_username:
             return True
         if not username or not topic.startswith(f"{PREFIX}/{username}/"):
             return False
         kind = topic[len(PREFIX) + len(username) + 2 :]
-        return kind in DEVICE_SENDS if action == Action.PUBLISH else kind == "desired"
+        return kind in DEVICE_SENDS if action == Action.PUBLISH else kind in DEVICE_READS
 
 
 class FleetAuthPlugin(BaseAuthPlugin):

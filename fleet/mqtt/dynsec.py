@@ -21,7 +21,7 @@ from typing import Any
 
 from fleet.mqtt.client import FleetMqtt
 from sdk.errors import FleetError
-from sdk.topics import PREFIX
+from sdk.topics import DEVICE_READS, PREFIX
 
 log = logging.getLogger(__name__)
 CONTROL = "$CONTROL/dynamic-security/v1"
@@ -38,11 +38,12 @@ def _acls(prefix: str) -> list[dict[str, Any]]:
 
 
 def _device_acls(device_id: str) -> list[dict[str, Any]]:
-    """As ``sdk.topics.acl_pattern``: read only its own ``desired``; send only its own ``reported``,
-    ``status``, ``telemetry`` and ``events``."""
+    """As ``sdk.topics.acl_pattern``: read only its own ``desired`` and ``ack``; send only its own
+    ``reported``, ``status``, ``telemetry`` and ``events``."""
     prefix = f"{PREFIX}/{device_id}"
     read = [
-        {"acltype": acltype, "topic": f"{prefix}/desired", "priority": 0, "allow": True}
+        {"acltype": acltype, "topic": f"{prefix}/{kind}", "priority": 0, "allow": True}
+        for kind in DEVICE_READS
         for acltype in ("publishClientReceive", "subscribeLiteral", "unsubscribeLiteral")
     ]
     send = [

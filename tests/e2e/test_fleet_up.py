@@ -10,6 +10,7 @@ from sdk import keys
 from sdk.fleet_client import FleetClient
 from tests.support.agent_proc import device_agent
 from tests.support.bundles import make_bundle
+from tests.support.delivery import outbox_waiting
 from tests.support.fleet_proc import run_fleet
 from tests.support.mosquitto import free_port
 from tests.support.waiting import wait_until
@@ -43,6 +44,9 @@ def test_up_with_a_real_agent(tmp_path: Path, signing_key: keys.Ed25519PrivateKe
             wait_until(lambda: client.rollout(rollout["id"])["state"] == "succeeded", 60, "the rollout")
             assert agent.infer() == [3.0, 3.0, 3.0, 3.0]
             wait_until(lambda: client.device_health("pi-1")["samples"] > 0, 20, "telemetry through amqtt")
+            # the fleet's acknowledgements reach the device through amqtt's ACL: its outbox empties
+            data_dir = tmp_path / "pi-1" / "data"
+            wait_until(lambda: outbox_waiting(data_dir) <= 2, 30, "the fleet to acknowledge what it stored")
         except BaseException:
             print(agent.log.read_text()[-3000:], fleet.log[-3000:])
             raise

@@ -26,11 +26,12 @@ def test_topics_per_design():
     assert topic("desired", "dev-1") == "edgefleet/v1/devices/dev-1/desired"
     assert topic("telemetry") == "edgefleet/v1/devices/+/telemetry"
     assert topic("telemetry", share_group="fleet") == "$share/fleet/edgefleet/v1/devices/+/telemetry"
-    assert set(KINDS) == {"desired", "reported", "status", "telemetry", "events"}
+    assert set(KINDS) == {"desired", "reported", "status", "telemetry", "events", "ack"}
     for kind in KINDS:
         assert parse_topic(topic(kind, "pi-7")) == ("pi-7", kind)
     assert acl_pattern().splitlines() == [
         "pattern read edgefleet/v1/devices/%u/desired",
+        "pattern read edgefleet/v1/devices/%u/ack",
         "pattern write edgefleet/v1/devices/%u/reported",
         "pattern write edgefleet/v1/devices/%u/status",
         "pattern write edgefleet/v1/devices/%u/telemetry",

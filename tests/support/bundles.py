@@ -7,6 +7,7 @@ fails it before activation (the model itself is fine; the bundle is signed and v
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,10 @@ def make_bundle(
     profile: str = "x86-server",
     broken: bool = False,
     scale: float = 2.0,
+    pad_bytes: int = 0,
 ) -> Path:
+    """``pad_bytes`` adds a listed file of random bytes (``pad.bin``, incompressible), so the
+    bundle is that much larger to download, hash and unpack."""
     work = out_dir / f"src-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
     model = tiny_onnx(work / "model.onnx", scale=scale)
@@ -68,4 +72,11 @@ def make_bundle(
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 4])],
         smoke=Smoke(inputs={"x": EncodedTensor.from_numpy(x)}, outputs={"y": EncodedTensor.from_numpy(y)}),
     )
-    return write_bundle(manifest, {"model.onnx": model}, key, out_dir)
+    files: dict[str, Path] = {"model.onnx": model}
+    if pad_bytes:
+        pad = work / "pad.bin"
+        with open(pad, "wb") as f:
+            for start in range(0, pad_bytes, 1 << 20):
+                f.write(os.urandom(min(1 << 20, pad_bytes - start)))
+        files["pad.bin"] = pad
+    return write_bundle(manifest, files, key, out_dir, compresslevel=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.sync.download import BundleDownloader, DownloadError
-from sdk.errors import AuthError, BundleTooLargeError, IntegrityError
+from sdk.errors import AuthError, BundleTooLargeError, IntegrityError, ModelStoreError
 from tests.agent.sync.support import BundleServer
 
 TOKEN = "tok"
@@ -122,3 +122,50 @@ def test_a_complete_earlier_download_is_reused_and_a_damaged_one_replaced(
     dest.write_bytes(b"damaged")
     BundleDownloader(server.url, TOKEN).fetch("/bundles/b.efb", dest, size=size, sha256=sha)
     assert dest.read_bytes() == (server.root / "b.efb").read_bytes()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs: smaller than the ~1 MB bundle (needs root and mount; skipped with the reason)."""
+    import os
+    import subprocess
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_bundle_the_disk_cannot_hold_is_refused_before_a_byte_is_written(
+    server: BundleServer, tiny_disk: Path
+) -> None:
+    size, sha = _expect(server)
+    dest = tiny_disk / "dl" / "b.efb"
+    with pytest.raises(ModelStoreError, match="no room on disk"):
+        BundleDownloader(server.url, TOKEN).fetch("/bundles/b.efb", dest, size=size, sha256=sha)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_a_disk_that_fills_during_the_download_fails_it_and_frees_the_part(
+    server: BundleServer, tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    # The room was there when the download began; something else took it meanwhile.
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(1 << 30, 0, 1 << 30))
+    size, sha = _expect(server)
+    dest = tiny_disk / "dl" / "b.efb"
+    with pytest.raises(ModelStoreError, match="no room on disk"):
+        BundleDownloader(server.url, TOKEN).fetch("/bundles/b.efb", dest, size=size, sha256=sha)
+    assert list(dest.parent.iterdir()) == []
