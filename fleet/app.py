@@ -104,6 +104,8 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
             share_group=s.share_group,
             on_connect=lambda: _on_broker_connect(ctx),
             control_topics=(RESPONSE,) if s.broker_accounts == "dynsec" else (),
+            # dropped before ingest reads them: counted beside ingest's own rejections
+            on_drop=lambda reason: ctx.metrics.ingest_rejected.labels(reason).inc(),
         )
         if s.broker_accounts == "dynsec":
             ctx.accounts = DynamicSecurity(ctx.mqtt, s.broker_username)

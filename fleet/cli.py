@@ -167,7 +167,17 @@ def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
     ssl_options = {}
     if settings.tls_cert is not None:
         ssl_options = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    uvicorn.run(app, host=host, port=port, log_level="warning", **ssl_options)
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: only from proxies named here.
+    proxies = settings.trusted_proxies.strip()
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+        **ssl_options,
+    )
 
 
 def _site_tls(data: Path, hosts: list[str]) -> tuple[Path, Path, Path]:

@@ -42,6 +42,8 @@ class RejectReason(enum.Enum):
     DB_ERROR = "db_error"
     #: a report of a revision the fleet never issued to the device (forged or broken)
     UNISSUED_REVISION = "unissued_revision"
+    #: the fleet's inbox was full (ingest far behind); dropped before ingest read it
+    QUEUE_FULL = "queue_full"
 
 
 class Rejected(ProtocolError):

@@ -56,6 +56,10 @@ class FleetSettings(BaseSettings):
     #: serve https with this certificate chain and key (``edge-fleet up --tls`` issues them).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: addresses of reverse proxies whose X-Forwarded-For the fleet believes (comma-separated, as
+    #: uvicorn's ``forwarded_allow_ips``). Empty: the peer address counts, for the audit log and the
+    #: wrong-token limit alike, so no client can choose the address they see.
+    trusted_proxies: str = ""
     #: the CA handed to devices in their credentials (``ca_pem``) to verify https and mqtts.
     device_ca_file: Path | None = None
     #: base URL devices use to download bundles; defaults to ``http://{listen}``.

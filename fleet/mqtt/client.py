@@ -58,6 +58,7 @@ class FleetMqtt:
         on_connect: Callable[[], None] | None = None,
         max_queue: int = 200_000,
         control_topics: tuple[str, ...] = (),
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self.host, self.port, tls = parse_broker_url(url)
         self.v5 = protocol == "5"
@@ -84,6 +85,8 @@ class FleetMqtt:
         self._client.on_disconnect = self._disconnected
         self._client.on_message = self._message
         self.dropped = 0
+        #: told the reason ("oversize", "queue_full") of every message dropped before ingest sees it
+        self._on_drop = on_drop
         #: messages dropped unread because they passed MAX_PAYLOAD_BYTES (a broker without a limit).
         self.oversized = 0
         #: broker control answers (e.g. ``$CONTROL/dynamic-security/v1/response``) go here, not to ingest.
@@ -140,6 +143,7 @@ class FleetMqtt:
         if len(msg.payload) > MAX_PAYLOAD_BYTES:
             # Dropped before anything parses it: the broker should have refused it already.
             self.oversized += 1
+            self._dropped("oversize")
             log.warning(
                 "dropped a %d-byte message on %s: the limit is %d bytes",
                 len(msg.payload),
@@ -150,7 +154,13 @@ class FleetMqtt:
         try:
             self.inbox.put_nowait((msg.topic, msg.payload, time.time()))
         except queue.Full:
+            # ingest is behind by max_queue messages: drop (the agents resend what is not acked)
             self.dropped += 1
+            self._dropped("queue_full")
+
+    def _dropped(self, reason: str) -> None:
+        if self._on_drop is not None:
+            self._on_drop(reason)
 
     # --------------------------------------------------------------------------------- publish
 

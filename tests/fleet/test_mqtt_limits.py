@@ -97,7 +97,8 @@ def test_embedded_broker_closes_an_oversized_publish(tmp_path: Path) -> None:
 def test_fleet_client_drops_an_oversized_message_before_parsing(tmp_path: Path) -> None:
     # a broker with a looser limit: the fleet's own check is the last line
     with run_mosquitto(tmp_path / "mq", extra_config=f"max_packet_size {4 * MAX_PACKET_BYTES}\n") as broker:
-        mqtt = FleetMqtt(broker.url)
+        drops: list[str] = []
+        mqtt = FleetMqtt(broker.url, on_drop=drops.append)
         mqtt.start()
         pub = Client(broker.port, "d1")
         try:
@@ -107,6 +108,7 @@ def test_fleet_client_drops_an_oversized_message_before_parsing(tmp_path: Path) 
             name, payload, _ = mqtt.inbox.get(timeout=10)
             assert (name, payload) == (topic("telemetry", "d1"), b"{}")
             assert mqtt.oversized == 1 and mqtt.inbox.empty()
+            assert drops == ["oversize"]  # the fleet counts it in edgefleet_ingest_rejected_total
         finally:
             pub.close()
             mqtt.stop()

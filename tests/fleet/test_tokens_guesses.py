@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 
 from fleet.api.failures import AuthFailures
+from fleet.settings import FleetSettings
 from tests.fleet.conftest import LiveFleet
 from tests.support.fleet_proc import admin_token, run_fleet, serve_args
 
@@ -90,3 +91,21 @@ def test_a_revoked_token_is_a_stale_credential_not_a_guess(live_fleet: LiveFleet
         assert {stale.get("/api/v1/devices").status_code for _ in range(50)} == {401}
     with live_fleet.http() as admin:
         assert admin.get("/api/v1/devices").status_code == 200
+
+
+def test_a_forged_x_forwarded_for_does_not_dodge_the_limit(tmp_path: Path, signing_key: object) -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default: a guesser on loopback could give
+    each guess another address. The fleet believes it only from EDGEFLEET_TRUSTED_PROXIES."""
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    admin_token(db)
+    with run_fleet(tmp_path / "fleet", serve_args(tmp_path, db, "")) as fleet:
+        with client(fleet.url, "", "127.0.0.1") as guesser:
+            statuses = [
+                guesser.get(
+                    "/api/v1/devices",
+                    headers={"Authorization": f"Bearer ef_{i:016x}_x", "X-Forwarded-For": f"10.9.{i}.1"},
+                ).status_code
+                for i in range(FleetSettings().auth_failures_max + 5)
+            ]
+        assert 429 in statuses, statuses
+        assert "10.9." not in fleet.log
