@@ -17,6 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.sync.download import BundleDownloader
+from agent.sync.journal import Journal
+from agent.sync.reconcile import Reconciler
 from agent.sync.service import SyncConfig, SyncService
 from sdk import messages
 from sdk.manifest import check_name
@@ -73,10 +76,21 @@ def desired_payload(draw: st.DrawFn) -> bytes:
     return json.dumps(base, allow_nan=True).encode()
 
 
-class Offered:
-    """Stands in for the reconciler: records what the handler hands on."""
+class Offered(Reconciler):
+    """The real reconciler's checks (parse, bounds, revision floor), recording what it would apply."""
 
-    def __init__(self) -> None:
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(
+            FakeStore([]),  # type: ignore[arg-type]
+            Journal(tmp / "journal.json"),
+            BundleDownloader("http://127.0.0.1:1", "token"),
+            tmp / "downloads",
+            send_event=lambda _e: None,
+            send_reported=lambda _r: None,
+            agent_version="test",
+            profile=None,
+            device_id="dev-1",
+        )
         self.states: list[messages.DesiredState] = []
 
     def offer(self, desired: messages.DesiredState) -> None:
@@ -93,7 +107,7 @@ def service(tmp_path: Path) -> tuple[SyncService, Offered]:
         data_dir=tmp_path / "data",
     )
     svc = SyncService(config, FakeStore([]), NoStats())  # type: ignore[arg-type]
-    offered = Offered()
+    offered = Offered(tmp_path)
     svc._reconciler = offered  # type: ignore[assignment]
     return svc, offered
 
