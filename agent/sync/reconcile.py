@@ -165,8 +165,16 @@ class Reconciler:
         if data.pending is None:
             self.report()
             return
+        interrupted = {
+            r.state for r in data.models.values() if r.state not in FINAL and r.state is not State.IDLE
+        }
+        if interrupted <= {State.DOWNLOADING} and data.attempts > 0:
+            # Cut off while downloading (a power cut, a kill): plain resumable I/O that cannot be what
+            # crashes the agent, so it does not count against the loop guard, which is there for a
+            # bundle whose install or activation brings the agent down.
+            data.attempts -= 1
         for record in data.models.values():
-            if record.state not in FINAL and record.state is not State.IDLE:
+            if record.state in interrupted:
                 record.state = next_state(record.state, Event.INTERRUPTED)
         self._journal.save()
         log.info("resuming desired revision %d after a restart", data.pending.revision)

@@ -94,6 +94,27 @@ def test_loop_guard_gives_up_on_a_revision_that_keeps_crashing(world) -> None:
     assert failure["kind"] == "failure" and "after 3 interrupted attempts" in failure["reason"]
 
 
+def test_kills_while_downloading_do_not_count_against_the_loop_guard(world) -> None:
+    """Three power cuts during one long download must not make the device give up the revision."""
+    bundle = make_bundle(world.bundles, world.key, name="net", version="1.0")
+    desired = messages.DesiredState(revision=7, models=[desired_model(bundle, "net", "1.0")])
+    data_dir = world.tmp / "data"
+    # as if three earlier starts had each been killed in the middle of the download
+    journal = Journal(data_dir / "sync" / "journal.json")
+    journal.data.pending = desired
+    journal.data.attempts = 3
+    journal.data.models = {"net": ModelRecord(name="net", version="1.0", state=State.DOWNLOADING)}
+    journal.save()
+    world.probe.publish_desired("dev-1", desired)
+    store = world.store()
+
+    with running(world.service(store, data_dir=data_dir)):
+        reported = world.probe.wait_for("reported", "dev-1", lambda r: r["revision"] == 7)
+
+    (model,) = reported["models"]
+    assert model["state"] == "active" and store.active == {"net": "1.0"}
+
+
 def test_clean_stop_mid_download_keeps_the_revision_pending_without_counting_an_attempt(world) -> None:
     bundle = make_bundle(world.bundles, world.key, name="net", version="1.0")
     world.server.throttle = (64, 0.03)
