@@ -179,3 +179,36 @@ def test_embedding_tables_can_be_stored_for_folding_at_load_instead(tmp_path: Pa
     cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     assert cos.min() > 0.9999
     assert result.path.stat().st_size < path.stat().st_size - 0.7 * 1000 * 256 * 4
+
+
+def test_cleanup_never_changes_the_process_working_directory(
+    cnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORT's shape inference writes temp files into its working directory: a child process gets one."""
+    import os
+
+    from converter.passes import cleanup
+
+    def refuse(path: object) -> None:
+        raise AssertionError(f"os.chdir({path}) in the converter's process")
+
+    monkeypatch.setattr(os, "chdir", refuse)
+    before = set(Path.cwd().iterdir())
+    ctx = PassContext(load_profile("x86-server"), tmp_path, Options())
+    cleaned = cleanup.run(ModelArtifact(onnx_path=cnn), ctx, cleanup.configure(ctx))
+    assert cleaned.onnx_path == tmp_path / "cleanup.onnx"
+    assert any(d.choice == "optimized fp32 graph" for d in ctx.decisions)
+    assert set(Path.cwd().iterdir()) == before
+    np.testing.assert_allclose(_run(cleaned.onnx_path, _data(2)), _run(cnn, _data(2)), atol=1e-4)
+
+
+def test_cleanup_keeps_the_graph_when_pre_processing_fails(tmp_path: Path) -> None:
+    from converter.passes import cleanup
+
+    broken = tmp_path / "not-a-model.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    ctx = PassContext(load_profile("x86-server"), tmp_path, Options())
+    kept = cleanup.run(ModelArtifact(onnx_path=broken), ctx, cleanup.configure(ctx))
+    assert kept.onnx_path == broken
+    (decision,) = [d for d in ctx.decisions if d.step == "cleanup"]
+    assert decision.choice == "kept graph as is" and "\n" not in decision.reason
