@@ -212,3 +212,20 @@ def test_cleanup_keeps_the_graph_when_pre_processing_fails(tmp_path: Path) -> No
     assert kept.onnx_path == broken
     (decision,) = [d for d in ctx.decisions if d.step == "cleanup"]
     assert decision.choice == "kept graph as is" and "\n" not in decision.reason
+
+
+def test_qnn_backs_off_through_the_search_when_qdq_misses_the_bar(tmp_path: Path) -> None:
+    """The QNN candidate maker goes through the search's back-off: the outlier MatMul stays float."""
+    from tests.converter.outlier_graphs import outlier_data, outlier_model
+
+    src = outlier_model(tmp_path / "outlier.onnx")
+    data = Dataset(dict(np.load(outlier_data(tmp_path / "data.npz"))), None, "outliers")
+    ctx = _ctx(tmp_path, "qualcomm-npu", data)
+    out = qnn.run(ModelArtifact(onnx_path=src), ctx, qnn.configure(ctx))
+    verdicts = {d.choice.split(": ")[0]: d.choice for d in ctx.decisions if d.step == "qnn"}
+    assert "below the bar" in verdicts["qnn-qdq"]
+    assert "meets the bar" in verdicts["qnn-qdq-float1"]
+    assert out.onnx_path is not None and out.onnx_path.name == "cand-qnn-qdq-x1.onnx"
+    (kept,) = [d for d in ctx.decisions if d.step == "qnn" and d.choice.startswith("qnn-qdq-float1:")]
+    assert kept.measured["excluded"] == ["first"]  # the MatMul that reads the outlier input
+    assert any(d.step == "sensitivity" and d.choice.startswith("qnn-qdq: ranked") for d in ctx.decisions)

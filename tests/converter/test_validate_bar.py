@@ -11,42 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import yaml
-from onnx import TensorProto, helper, numpy_helper
 
 from converter.context import Options
 from converter.pipeline import ConvertRequest, convert
 from sdk.bundle import extract_bundle
 from sdk.errors import ConversionError
 from sdk.profiles import available_profiles, load_profile_file
-
-FEATURES = 256
-OUTLIER = 1000.0
-
-
-def _outlier_model(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, 1, size=(FEATURES, FEATURES)).astype(np.float32)
-    w[0, :] = 1e-6  # the outlier channel hardly matters to the output
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "outlier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", FEATURES])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return path
-
-
-def _data(path: Path) -> Path:
-    x = np.random.default_rng(1).normal(0, 1, size=(128, FEATURES)).astype(np.float32)
-    x[:, 0] = np.where(np.arange(128) % 2, OUTLIER, -OUTLIER)
-    np.savez(path, x=x)
-    return path
+from tests.converter.outlier_graphs import outlier_data, outlier_model
 
 
 def _user_profile(folder: Path, **changes: object) -> Path:
@@ -60,10 +34,10 @@ def _user_profile(folder: Path, **changes: object) -> Path:
 
 
 def _convert(tmp_path: Path, profile: Path, key: Path) -> object:
-    data = _data(tmp_path / "data.npz")
+    data = outlier_data(tmp_path / "data.npz")
     return convert(
         ConvertRequest(
-            model=str(_outlier_model(tmp_path / "outlier.onnx")),
+            model=str(outlier_model(tmp_path / "outlier.onnx")),
             profile=str(profile),
             out_dir=tmp_path / "out",
             evaluation=data,
