@@ -21,17 +21,9 @@ from converter.runtime import make_session
 from converter.runtime import session_options as converter_options
 from sdk.bundle import extract_bundle
 from sdk.manifest import Manifest, RuntimeOptions
-from sdk.runtime_options import QUIET_THREADS, session_settings, thread_cap
+from sdk.runtime_options import QUIET_THREADS
 from tests.converter import models
 from tests.converter.quick_profiles import cpu_int8_static
-
-
-def test_settings_are_the_quiet_defaults_overridden_by_the_manifest() -> None:
-    s = session_settings(RuntimeOptions(session_config={"session.intra_op.allow_spinning": "1"}), 3)
-    assert s.config_entries["session.intra_op.allow_spinning"] == "1"
-    assert s.config_entries["session.inter_op.allow_spinning"] == "0"
-    assert (s.intra_op_threads, s.inter_op_threads, s.optimization_level) == (3, 1, "ORT_ENABLE_ALL")
-    assert thread_cap(64, cores=4) == 4 and thread_cap(2, cores=4) == 2 and thread_cap(0, cores=4) == 1
 
 
 def test_converter_and_agent_build_the_same_session_options() -> None:
