@@ -124,6 +124,7 @@ def render(manifest: Manifest, findings: Findings) -> str:
             fid = c.get("fidelity") or {}
             crow.append(
                 [
+                    c.get("step", ""),
                     c["name"],
                     c["description"],
                     c["size_bytes"],
@@ -133,11 +134,13 @@ def render(manifest: Manifest, findings: Findings) -> str:
                     _fmt(fid.get("cosine")),
                     _fmt(fid.get("max_abs_error")),
                     c["verdict"],
+                    c.get("reason", ""),
                 ]
             )
         out.append(
             _table(
                 [
+                    "step",
                     "candidate",
                     "what",
                     "bytes",
@@ -147,6 +150,7 @@ def render(manifest: Manifest, findings: Findings) -> str:
                     "cosine",
                     "max abs err",
                     "verdict",
+                    "why",
                 ],
                 crow,
             )

@@ -1,14 +1,15 @@
 """ONNX Runtime sessions and model signatures, built the same way everywhere in the converter.
 
 The converter must measure a model exactly as the agent will run it, so sessions are made only
-here: thread count, graph optimization level and session config entries are explicit arguments
-and end up verbatim in the manifest's ``runtime_options``.
+here, from the same :mod:`sdk.runtime_options` settings the agent uses (quiet threads included):
+thread count, graph optimization level and session config entries are explicit arguments and
+end up verbatim in the manifest's ``runtime_options``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -17,14 +18,10 @@ from converter.errors import first_line
 from converter.model import InputSpec
 from sdk.datatypes import from_ort_type
 from sdk.errors import ConversionError
-from sdk.manifest import TensorSpec
+from sdk.manifest import RuntimeOptions, TensorSpec
+from sdk.runtime_options import session_settings, thread_cap
 
-_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+OptimizationLevel = Literal["disable", "basic", "extended", "all"]
 _ORT_TO_NUMPY = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -43,23 +40,35 @@ _ORT_TO_NUMPY = {
 
 
 def host_threads(profile_threads: int) -> int:
-    """The profile's thread count, capped at this host's cores (more threads than cores only adds noise)."""
-    return max(1, min(profile_threads, os.cpu_count() or 1))
+    """The profile's thread count, capped at this host's cores (the agent's rule too)."""
+    return thread_cap(profile_threads)
+
+
+def session_options(threads: int, options: RuntimeOptions) -> ort.SessionOptions:
+    """The manifest's runtime options as ONNX Runtime session options, as the agent builds them."""
+    settings = session_settings(options, threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_threads
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.optimization_level)
+    opts.log_severity_level = 3
+    for key, value in settings.config_entries.items():
+        opts.add_session_config_entry(key, value)
+    return opts
 
 
 def make_session(
     path: Path,
     threads: int,
     session_config: dict[str, str] | None = None,
-    optimization_level: str = "all",
+    optimization_level: OptimizationLevel = "all",
 ) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = _OPT_LEVELS[optimization_level]
-    opts.log_severity_level = 3
-    for key, value in (session_config or {}).items():
-        opts.add_session_config_entry(key, value)
+    opts = session_options(
+        threads,
+        RuntimeOptions(
+            session_config=dict(session_config or {}), graph_optimization_level=optimization_level
+        ),
+    )
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises Fail/InvalidGraph/NotImplemented, all RuntimeError-like

@@ -11,10 +11,11 @@ suspects one at a time) picks nodes to keep in float, 1, 2, 4, ... of the worst,
 met; the float-kept nodes' weights are then tried as int8-stored too. A candidate ONNX Runtime
 cannot build, load or run is rejected with the reason, and the search goes on. Survivors race each
 other and the source in interleaved blocks, with the source loaded twice (an A/A pair) to measure
-the run's noise; nothing measurably slower than the source is accepted; among candidates that halve
-a model over 1 MB (if any do), the smallest (to 5% of the source's bytes) of the fastest (within
-noise) wins, and the rest, in order of preference, are kept for the final validation to fall back
-on. Every verdict is recorded with its numbers.
+the run's noise; nothing measurably slower than the source is accepted; the rest are ranked by
+:func:`converter.candidates.rank` (latency ties within the noise go to the smaller, then the more
+faithful), and kept in that order for the final validation to fall back on. Every verdict is
+recorded with its numbers. The back-off is also how other passes (QNN) back off: :meth:`Search.build`
+takes a maker that can keep nodes in float.
 """
 
 from __future__ import annotations
@@ -22,137 +23,47 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 from converter import sensitivity as sens
 from converter import smoothing
-from converter.calibration import Dataset
-from converter.context import Alternative, PassContext
-from converter.measure import (
-    Fidelity,
-    accuracy,
-    compare_latency,
-    fidelity,
-    judged_as_classifier,
-    outputs_over,
+from converter.candidates import (
+    SOURCE,
+    SOURCE_AGAIN,
+    SOURCE_GRAPH,
+    Candidate,
+    Judge,
+    Verdict,
+    rank,
+    time_candidates,
 )
+from converter.candidates import race as race_candidates
+from converter.context import Alternative, PassContext
+from converter.measure import compare_latency
 from converter.passes import cleanup, int8_dynamic, int8_static, weight_only
 from converter.runtime import make_session
 from sdk.errors import ConversionError
-from sdk.profiles import QuantizationSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: the second session of the source in a race: source vs this is the A/A pair that measures noise.
-SOURCE_AGAIN = "source (A/A)"
-#: the candidate that is the source graph itself.
-SOURCE_GRAPH = "source-graph"
-
-EVAL_SAMPLES = 512
 #: rebuild a candidate with some nodes kept in float / with only one node quantized.
 Maker = Callable[[tuple[str, ...], Path], Path]
 OnlyMaker = Callable[[str, Path], Path]
+#: how to back a candidate off: its maker, its one-node maker (None: no refinement), its op types.
+BackOff = tuple[Maker, OnlyMaker | None, tuple[str, ...] | None]
 #: nodes the one-pass ranking hands to the slower one-node-at-a-time refinement.
 MAX_SUSPECTS = 48
 #: a quick race stops the back-off only on a clear win (it has few rounds, so it is noisier).
 CLEAR_WIN = 0.15
-#: models above this size should come out at most half as big (when a candidate manages it).
-SIZE_GOAL_MIN_BYTES = 1_000_000
 #: seconds of calls per model in the final race (a fast model gets MAX_ROUNDS ~1 ms blocks sooner).
 RACE_SECONDS = 0.5
-#: accepted candidates this close (relative latency) to the fastest count as equally fast.
-TIE = 0.03
-#: candidates whose sizes differ by less than this share of the source's bytes are equally small.
-SIZE_TIE = 0.05
 #: a candidate this far from the bar is not worth backing off node by node.
 HOPELESS = 0.9
 #: share of the remaining budget one refinement may use.
 REFINE_SHARE = 0.25
-
-
-@dataclass
-class Candidate:
-    name: str
-    path: Path
-    precision: str
-    description: str
-    session_config: dict[str, str] = field(default_factory=dict)
-    excluded: tuple[str, ...] = ()
-    fidelity: Fidelity | None = None
-    accuracy: float | None = None
-    latency_ms: float | None = None
-    latency_ratio: float | None = None
-    verdict: str = "not measured"
-
-    @property
-    def size_bytes(self) -> int:
-        """0 for a candidate whose file was never written (its maker failed)."""
-        return self.path.stat().st_size if self.path.exists() else 0
-
-    def record(self, ctx: PassContext, step: str, **measured: object) -> None:
-        """One decision (``name: verdict`` with size and fidelity) and one report row for this candidate."""
-        ctx.record(
-            step,
-            f"{self.name}: {self.verdict}",
-            self.description,
-            size_bytes=self.size_bytes,
-            fidelity=self.fidelity.as_dict() if self.fidelity else None,
-            **measured,
-        )
-        ctx.findings.candidates.append(self.row())
-
-    def row(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "precision": self.precision,
-            "size_bytes": self.size_bytes,
-            "latency_ms": self.latency_ms,
-            "latency_ratio": self.latency_ratio,
-            "fidelity": self.fidelity.as_dict() if self.fidelity else None,
-            "accuracy": self.accuracy,
-            "excluded_nodes": list(self.excluded),
-            "verdict": self.verdict,
-        }
-
-
-class Judge:
-    """Fidelity and accuracy of candidates against the float model they were made from."""
-
-    @classmethod
-    def for_context(cls, ctx: PassContext, base: Path) -> Judge:
-        """Judged on the eval data (else the calibration data), at the profile's bar."""
-        assert ctx.calibration is not None
-        data = (ctx.evaluation or ctx.calibration).take(EVAL_SAMPLES)
-        return cls(base, data, ctx.profile.quantization, ctx.options.max_accuracy_drop, ctx.threads)
-
-    def __init__(
-        self, base: Path, data: Dataset, bar: QuantizationSpec, max_drop: float, threads: int
-    ) -> None:
-        self.data, self.bar, self.max_drop, self.threads = data, bar, max_drop, threads
-        session = make_session(base, threads)
-        self.reference = outputs_over(session, data)
-        self.classifier = judged_as_classifier(session, self.reference, data)
-        self.base_accuracy = accuracy(self.reference, data.labels) if data.labels is not None else None
-
-    def check(self, cand: Candidate) -> bool:
-        outs = outputs_over(make_session(cand.path, self.threads, cand.session_config), self.data)
-        cand.fidelity = fidelity(self.reference, outs, self.classifier)
-        if self.data.labels is not None:
-            cand.accuracy = accuracy(outs, self.data.labels)
-        if not cand.fidelity.meets(self.bar):
-            cand.verdict = f"rejected: {cand.fidelity.shortfall(self.bar)}"
-            return False
-        if self.base_accuracy is not None and cand.accuracy is not None:
-            drop = self.base_accuracy - cand.accuracy
-            if drop > self.max_drop:
-                cand.verdict = f"rejected: accuracy drop {drop:.4f} > {self.max_drop}"
-                return False
-        cand.verdict = "fidelity ok"
-        return True
 
 
 @dataclass
@@ -173,7 +84,7 @@ class Search:
         self.rankings: dict[str, sens.Sensitivity] = {}
         self.static_config = replace(int8_static.configure(ctx), op_types=None)
         #: candidate name -> how to rebuild it with some nodes kept in float (for the back-off).
-        self.makers: dict[str, tuple[Maker, OnlyMaker, tuple[str, ...] | None]] = {}
+        self.makers: dict[str, BackOff] = {}
         #: candidate name -> the float model it quantizes, when that is not ``base`` (for rankings).
         self.float_models: dict[str, Path] = {}
 
@@ -186,9 +97,9 @@ class Search:
                 cleanup.drop_shape_annotations(cand.path)
             ok = self.judge.check(cand)
         except ConversionError as exc:  # ONNX Runtime cannot load or run it: one rejected candidate
-            cand.verdict = f"rejected: {exc}"
+            cand.decide(Verdict.FAILED, str(exc))
             ok = False
-        log.info("candidate %s: %s", cand.name, cand.verdict)
+        log.info("candidate %s: %s", cand.name, cand.status)
         return ok
 
     def _build(self, name: str, precision: str, description: str, make: Callable[[], Path]) -> Candidate:
@@ -197,13 +108,20 @@ class Search:
             path = make()
         except ConversionError as exc:
             cand = Candidate(name, self.ctx.path(f"cand-{name}.onnx"), precision, description)
-            cand.verdict = f"rejected: {exc}"
+            cand.decide(Verdict.FAILED, str(exc))
             self.candidates.append(cand)
-            log.info("candidate %s: %s", name, cand.verdict)
+            log.info("candidate %s: %s", name, cand.status)
             return cand
         cand = Candidate(name, path, precision, description)
         self._add(cand)
         return cand
+
+    def build(
+        self, name: str, precision: str, description: str, make: Callable[[], Path], back_off: BackOff
+    ) -> Candidate:
+        """A candidate from another pass's maker, judged like the search's own and able to back off."""
+        self.makers[name] = back_off
+        return self._build(name, precision, description, make)
 
     def budget_ok(self, what: str) -> bool:
         if self.ctx.seconds_left() > 0:
@@ -373,25 +291,29 @@ class Search:
             ranking, op_types
         )
         suspects = everyone[:MAX_SUSPECTS]
-        refined = sens.refine(
-            suspects,
-            self.base,
-            self.data,
-            self.ctx.threads,
-            self.judge.classifier,
-            only,
-            self.ctx.workdir,
-            REFINE_SHARE * max(self.ctx.seconds_left(), 0.0),
-        )
-        self.ctx.record(
-            "sensitivity",
-            f"{failed.name}: refined {len(suspects)} suspects",
-            refined.metric,
-            worst=sens.loss_summary(refined),
-        )
+        measured: list[str] = []
+        if only is not None:
+            refined = sens.refine(
+                suspects,
+                self.base,
+                self.data,
+                self.ctx.threads,
+                self.judge.classifier,
+                only,
+                self.ctx.workdir,
+                REFINE_SHARE * max(self.ctx.seconds_left(), 0.0),
+            )
+            self.ctx.record(
+                "sensitivity",
+                f"{failed.name}: refined {len(suspects)} suspects",
+                refined.metric,
+                worst=sens.loss_summary(refined),
+            )
+            measured = refined.ranked()
         # measured suspects by measured loss, then the rest in one-pass order; at most half the nodes.
         quantized = len(everyone)
-        worst = (refined.ranked() + everyone[MAX_SUSPECTS:])[: max(1, quantized // 2)]
+        rest = everyone[MAX_SUSPECTS:] if measured else everyone
+        worst = (measured + rest)[: max(1, quantized // 2)]
         steps = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < len(worst)] + ([len(worst)] if worst else [])
         for k in steps:
             if not self.budget_ok(f"back-off of {failed.name}"):
@@ -414,7 +336,7 @@ class Search:
                 self.ctx.record(
                     "search",
                     f"{cand.name}: keeps {k} nodes in float",
-                    f"{failed.name} missed the bar ({failed.verdict}); per-node sensitivity named them",
+                    f"{failed.name} missed the bar ({failed.reason}); per-node sensitivity named them",
                     nodes=list(excluded),
                     fidelity=cand.fidelity.as_dict() if cand.fidelity else None,
                 )
@@ -471,69 +393,42 @@ class Search:
         """A quick race (fewer rounds than the final one): does any of these beat the source?"""
         if not passing or not self.gate_latency:
             return bool(passing)
-        sessions = {"source": make_session(self.source, self.ctx.threads)}
+        sessions = {SOURCE: make_session(self.source, self.ctx.threads)}
         sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
         latency = compare_latency(sessions, self.data.first(), rounds=10, seconds_per_model=0.1)
-        return any(latency.ratio(c.name, "source") < 1 - CLEAR_WIN for c in passing)
+        return any(latency.ratio(c.name, SOURCE) < 1 - CLEAR_WIN for c in passing)
 
     def race(self) -> Candidate:
-        passing = [c for c in self.candidates if c.verdict == "fidelity ok"]
-        sessions = {
-            "source": make_session(self.source, self.ctx.threads),
-            SOURCE_AGAIN: make_session(self.source, self.ctx.threads),
-        }
-        sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
+        """Race the candidates that met the bar against the source; rank; keep the rest as fallbacks."""
+        passing = [c for c in self.candidates if c.verdict is Verdict.MEETS_BAR]
         log.info("measuring host latency of %d candidates against the source", len(passing))
-        latency = compare_latency(
-            sessions, self.data.first(), seconds_per_model=RACE_SECONDS, aa=("source", SOURCE_AGAIN)
+        latency = race_candidates(
+            self.source, passing, self.ctx.threads, self.data.first(), seconds_per_model=RACE_SECONDS
         )
         self.ctx.record(
             "search",
             f"latency noise {latency.noise:.3f}",
             "two sessions of the source raced each other (A/A): differences below this are noise",
-            source_ms=_round(latency.median("source")),
+            source_ms=_round(latency.median(SOURCE)),
             source_again_ms=_round(latency.median(SOURCE_AGAIN)),
         )
-        for c in passing:
-            c.latency_ms = latency.median(c.name)
-            c.latency_ratio = latency.ratio(c.name, "source")
-            if self.gate_latency and latency.slower(c.name, "source"):
-                c.verdict = (
-                    f"rejected: {c.latency_ratio:.3f}x the source's latency"
-                    f" (noise ±{latency.margin(c.name, 'source'):.3f})"
-                )
-            else:
-                c.verdict = "eligible"
-        eligible = [c for c in passing if c.verdict == "eligible"]
-        if not eligible:  # only when even the source graph failed the bar (a pruned base): the fastest
-            eligible = [min(passing, key=lambda c: c.latency_ratio or 1e9)] if passing else []
+        time_candidates(latency, passing, self.gate_latency)
+        eligible = [c for c in passing if c.verdict is Verdict.ELIGIBLE]
+        if not eligible and passing:  # only when even the source graph failed the bar (a pruned base)
+            eligible = [min(passing, key=lambda c: c.latency_ratio or 1e9)]
         if not eligible:
             raise ConversionError("no candidate could be measured, not even the source graph")
-        # a fleet downloads every update: models over 1 MB should at least halve, if any candidate can.
-        source_size = self.source.stat().st_size
-        halved = [
-            c for c in eligible if source_size <= SIZE_GOAL_MIN_BYTES or c.size_bytes <= source_size / 2
-        ]
-        pool = halved or eligible
-        fastest = min(c.latency_ratio or 1.0 for c in pool)
-        # "as fast" when choosing among accepted candidates: the best guess is the measured ratio, so
-        # a busy host's large noise must not make a 0.80x and a 0.85x candidate equal.
-        margin = min(latency.noise, TIE)
-        # sizes within a few percent of the source's bytes count as equal: then the faster one wins.
-        size_step = max(1, int(SIZE_TIE * source_size))
-
-        def preference(c: Candidate) -> tuple[bool, bool, int, float]:
-            ratio = c.latency_ratio or 1.0
-            return (c not in pool, ratio > fastest + margin, c.size_bytes // size_step, ratio)
-
-        ranked = sorted(eligible, key=preference)
-        chosen = ranked[0]
-        chosen.verdict = "chosen"
-        # what the final validation falls back on if the chosen one measures slower there.
+        ranking = rank(eligible, self.source.stat().st_size, latency.noise)
+        for line in ranking.ties:
+            self.ctx.record("search", "tie broken", line)
+        chosen = ranking.ordered[0]
+        chosen.decide(Verdict.CHOSEN, "meets the bar, not slower than the source; first in the ranking")
+        # what the final validation falls back on if the chosen one fails there.
         self.ctx.alternatives = [
-            Alternative(c.name, c.path, c.precision, dict(c.session_config), c.description) for c in ranked
+            Alternative(c.name, c.path, c.precision, dict(c.session_config), c.description)
+            for c in ranking.ordered
         ]
-        self.source_latency_ms = latency.median("source")
+        self.source_latency_ms = latency.median(SOURCE)
         return chosen
 
 
@@ -574,13 +469,13 @@ def run_search(ctx: PassContext, base: Path, source: Path, gate_latency: bool = 
     # back off (sensitive nodes in float) while no int8-compute candidate that passed is faster than
     # the source; the candidate closest to the bar first, where a few float nodes can fix it.
     backed: list[Candidate] = []
-    for cand in sorted(plain, key=_score, reverse=True):
-        if cand.verdict == "fidelity ok":
+    for cand in sorted(plain, key=Candidate.score, reverse=True):
+        if cand.verdict is Verdict.MEETS_BAR:
             continue
-        if s.faster_one_found([c for c in plain + backed if c.verdict == "fidelity ok"]):
+        if s.faster_one_found([c for c in plain + backed if c.verdict is Verdict.MEETS_BAR]):
             break
-        if _score(cand) < HOPELESS:
-            ctx.record("search", f"no back-off for {cand.name}", f"{cand.verdict}: too far below the bar")
+        if cand.score() < HOPELESS:
+            ctx.record("search", f"no back-off for {cand.name}", f"{cand.reason}: too far below the bar")
             continue
         if s.budget_ok(f"back-off of {cand.name}"):
             found = _guarded(ctx, f"back-off of {cand.name}", functools.partial(s.back_off, cand))
@@ -612,15 +507,6 @@ def _guarded(ctx: PassContext, what: str, step: Callable[[], T]) -> T | None:
     except ConversionError as exc:
         ctx.record("search", f"{what} failed", str(exc))
         return None
-
-
-def _score(cand: Candidate) -> float:
-    """How close a candidate came: argmax agreement for classifiers, else cosine."""
-    if cand.fidelity is None:
-        return -1.0
-    return (
-        cand.fidelity.argmax_agreement if cand.fidelity.argmax_agreement is not None else cand.fidelity.cosine
-    )
 
 
 def _round(x: float | None) -> float | None:

@@ -19,21 +19,10 @@ from agent.runtimes.base import ModelRuntime, RuntimeLoadError
 from sdk.errors import EdgeError
 from sdk.manifest import Manifest
 from sdk.profiles import load_profile
+from sdk.runtime_options import session_settings, thread_cap
 
 log = logging.getLogger(__name__)
 
-_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-#: ONNX Runtime's worker threads busy-wait for work by default, which keeps an idle server at
-#: nearly a full core per thread; on a shared edge device that CPU belongs to the application.
-_QUIET_THREADS = {
-    "session.intra_op.allow_spinning": "0",
-    "session.inter_op.allow_spinning": "0",
-}
 _CPU = "CPUExecutionProvider"
 
 
@@ -68,12 +57,13 @@ def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
 
 
 def session_options(manifest: Manifest, threads: int) -> ort.SessionOptions:
+    """The manifest's runtime options (with the quiet-thread defaults) as ONNX Runtime options."""
+    settings = session_settings(manifest.runtime_options, threads)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = _OPT_LEVELS[manifest.runtime_options.graph_optimization_level]
-    # The manifest's entries win: the converter measured with them.
-    for key, value in {**_QUIET_THREADS, **manifest.runtime_options.session_config}.items():
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.optimization_level)
+    for key, value in settings.config_entries.items():
         options.add_session_config_entry(key, value)
     return options
 
@@ -84,7 +74,7 @@ class OnnxRuntime(ModelRuntime):
         wanted, profile_threads = _profile_settings(manifest)
         # Measured on 2 cores: one intra-op thread per run (runs x threads = cores) lost at
         # concurrency 1 (mid model p50 1.23 vs 0.96 ms) and won nothing at 16; keep the profile's.
-        threads = threads or max(1, min(profile_threads, os.cpu_count() or 1))
+        threads = threads or thread_cap(profile_threads)
         providers = choose_providers(wanted, ort.get_available_providers())
         self.session = self._create(model_path, manifest, threads, providers)
         self.backend = self.session.get_providers()[0]

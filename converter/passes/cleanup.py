@@ -12,10 +12,9 @@ source). Without them ONNX Runtime optimizes the cleaned graph exactly as it doe
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Iterator
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,19 +35,50 @@ def configure(ctx: PassContext) -> Config:
     return Config()
 
 
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = Path.cwd()
-    os.chdir(path)
+#: onnxruntime's pre-processing, run in a child process: see :func:`_pre_process`.
+_PRE_PROCESS = """
+import sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+quant_pre_process(sys.argv[1], sys.argv[2], skip_symbolic_shape=sys.argv[3] == "1")
+"""
+#: a model that takes longer than this to pre-process is kept as it is.
+PRE_PROCESS_TIMEOUT_S = 600
+
+
+class _PreProcessFailed(Exception):
+    pass
+
+
+def _pre_process(src: Path, out: Path, workdir: Path, skip_symbolic: bool) -> None:
+    """onnxruntime's ``quant_pre_process`` in a child process whose working directory is ``workdir``.
+
+    Its symbolic shape inference drops sym_shape_infer_temp.onnx (+ .data) into the current
+    directory when it cannot infer every shape; changing this process's directory instead would
+    affect every thread of a service that converts, so the child gets a directory of its own.
+    """
     try:
-        yield
-    finally:
-        os.chdir(previous)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PRE_PROCESS,
+                str(src.resolve()),
+                str(out.resolve()),
+                "1" if skip_symbolic else "0",
+            ],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=PRE_PROCESS_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise _PreProcessFailed(f"no result within {PRE_PROCESS_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise _PreProcessFailed(lines[-1] if lines else f"exit status {done.returncode}")
 
 
 def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if model.onnx_path is None:
         raise ConversionError("cleanup needs an ONNX model: put 'export' before 'cleanup' in the profile")
     out = ctx.path("cleanup.onnx")
@@ -56,14 +86,9 @@ def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact
     last_error = ""
     for skip_symbolic in attempts:
         try:
-            # onnxruntime's symbolic shape inference drops sym_shape_infer_temp.onnx (+ .data) into the
-            # current directory when it cannot infer every shape: keep that litter in our workdir.
-            with _working_directory(ctx.workdir):
-                quant_pre_process(
-                    str(model.onnx_path.resolve()), str(out.resolve()), skip_symbolic_shape=skip_symbolic
-                )
-        except Exception as exc:  # the tool raises plain Exceptions from deep inside
-            last_error = f"{type(exc).__name__}: {first_line(exc)}"
+            _pre_process(model.onnx_path, out, ctx.workdir, skip_symbolic)
+        except _PreProcessFailed as exc:
+            last_error = first_line(exc)
             log.debug("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, last_error)
             continue
         drop_shape_annotations(out)

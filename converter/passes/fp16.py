@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from converter.candidates import Candidate, Judge
 from converter.context import PassContext
 from converter.errors import tool_failure
 from converter.model import ModelArtifact
-from converter.search import Candidate, Judge
 from sdk.errors import ConversionError
 
 log = logging.getLogger(__name__)

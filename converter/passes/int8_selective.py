@@ -28,7 +28,8 @@ def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact
     ctx.record(
         "quantize",
         c.name,
-        f"{c.description}: meets the fidelity bar, not slower than the source; smallest of the fastest",
+        f"{c.description}: meets the fidelity bar, not slower than the source; first in the ranking"
+        " (latency ties within the noise go to fewer bytes, then higher fidelity)",
         size_bytes=c.size_bytes,
         latency_vs_source=round(c.latency_ratio or 1.0, 4),
         fidelity=c.fidelity.as_dict() if c.fidelity else None,

@@ -2,8 +2,9 @@
 
 The quantization settings come from onnxruntime's ``get_qnn_qdq_config`` (the tensor overrides QNN's
 HTP needs). When fidelity misses the bar, the most sensitive nodes stay in float (QNN then runs
-them on the CPU fallback); if nothing passes, the model stays fp32. Host latency does not gate:
-the NPU, not this CPU, will run it.
+them on the CPU fallback), through the quantization search's own back-off (1, 2, 4, ... nodes) with
+a QNN maker; if nothing passes, the model stays fp32. Host latency does not gate: the NPU, not
+this CPU, will run it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from converter import sensitivity as sens
+import onnx
+
 from converter.calibration import Dataset
+from converter.candidates import Verdict
 from converter.context import PassContext
 from converter.errors import tool_failure
 from converter.model import ModelArtifact
 from converter.quant_data import QUANT_TYPES, DatasetReader, calibration_method
-from converter.search import Candidate, Judge
+from converter.search import Search
 from sdk.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -66,36 +69,30 @@ def quantize(src: Path, out: Path, data: Dataset, config: Config, exclude: tuple
 def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact:
     if model.onnx_path is None or ctx.calibration is None:
         raise ConversionError("qnn needs an ONNX model and calibration data")
-    judge = Judge.for_context(ctx, model.onnx_path)
-    data = judge.data
-    out = quantize(model.onnx_path, ctx.path("qnn.onnx"), ctx.calibration, config)
-    cand = Candidate("qnn-qdq", out, "uint8", "QNN QDQ: uint8 activations, int8 per-channel weights")
-    attempts = [cand]
-    ok = judge.check(cand)
-    if not ok:
-        ranking = sens.measure(model.onnx_path, cand.path, ctx.workdir, data, ctx.threads)
-        ctx.findings.sensitivity, ctx.findings.sensitivity_metric = dict(ranking.loss), ranking.metric
-        worst = sens.worst_first(ranking)
-        worst = worst[: max(1, len(worst) // 2)]
-        for k in [k for k in (1, 2, 4, 8, 16, 32) if k < len(worst)] + [len(worst)]:
-            if not worst or ctx.seconds_left() <= 0:
-                break
-            path = quantize(
-                model.onnx_path, ctx.path(f"qnn-x{k}.onnx"), ctx.calibration, config, tuple(worst[:k])
-            )
-            cand = Candidate(
-                f"qnn-qdq-float{k}",
-                path,
-                "uint8",
-                f"QNN QDQ, {k} most sensitive nodes in float",
-                excluded=tuple(worst[:k]),
-            )
-            attempts.append(cand)
-            if ok := judge.check(cand):
-                break
-    for c in attempts:
+    base, data = model.onnx_path, ctx.calibration
+    names = [n.name for n in onnx.load(str(base), load_external_data=False).graph.node if n.name]
+    search = Search(ctx, base, base, gate_latency=False)
+    cand = search.build(
+        "qnn-qdq",
+        "uint8",
+        "QNN QDQ: uint8 activations, int8 per-channel weights",
+        lambda: quantize(base, ctx.path("qnn.onnx"), data, config),
+        (
+            lambda excluded, path: quantize(base, path, data, config, excluded),
+            # QNN's config takes no nodes_to_quantize: one node alone is "all the others excluded".
+            lambda node, path: quantize(base, path, data, config, tuple(n for n in names if n != node)),
+            None,
+        ),
+    )
+    chosen = cand if cand.verdict is Verdict.MEETS_BAR else None
+    if cand.verdict is Verdict.BELOW_BAR:
+        chosen = search.back_off(cand)
+        ranking = search.rankings.get(cand.name)
+        if ranking is not None:
+            ctx.findings.sensitivity, ctx.findings.sensitivity_metric = dict(ranking.loss), ranking.metric
+    for c in search.candidates:
         c.record(ctx, "qnn", excluded=list(c.excluded))
-    if ok:
-        return model.with_onnx(cand.path, precision="uint8", session_config={})
+    if chosen is not None:
+        return model.with_onnx(chosen.path, precision="uint8", session_config={})
     ctx.record("qnn", "kept fp32", "no QNN QDQ variant met the fidelity bar")
     return model

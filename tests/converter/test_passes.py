@@ -179,3 +179,53 @@ def test_embedding_tables_can_be_stored_for_folding_at_load_instead(tmp_path: Pa
     cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     assert cos.min() > 0.9999
     assert result.path.stat().st_size < path.stat().st_size - 0.7 * 1000 * 256 * 4
+
+
+def test_cleanup_never_changes_the_process_working_directory(
+    cnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORT's shape inference writes temp files into its working directory: a child process gets one."""
+    import os
+
+    from converter.passes import cleanup
+
+    def refuse(path: object) -> None:
+        raise AssertionError(f"os.chdir({path}) in the converter's process")
+
+    monkeypatch.setattr(os, "chdir", refuse)
+    before = set(Path.cwd().iterdir())
+    ctx = PassContext(load_profile("x86-server"), tmp_path, Options())
+    cleaned = cleanup.run(ModelArtifact(onnx_path=cnn), ctx, cleanup.configure(ctx))
+    assert cleaned.onnx_path == tmp_path / "cleanup.onnx"
+    assert any(d.choice == "optimized fp32 graph" for d in ctx.decisions)
+    assert set(Path.cwd().iterdir()) == before
+    np.testing.assert_allclose(_run(cleaned.onnx_path, _data(2)), _run(cnn, _data(2)), atol=1e-4)
+
+
+def test_cleanup_keeps_the_graph_when_pre_processing_fails(tmp_path: Path) -> None:
+    from converter.passes import cleanup
+
+    broken = tmp_path / "not-a-model.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    ctx = PassContext(load_profile("x86-server"), tmp_path, Options())
+    kept = cleanup.run(ModelArtifact(onnx_path=broken), ctx, cleanup.configure(ctx))
+    assert kept.onnx_path == broken
+    (decision,) = [d for d in ctx.decisions if d.step == "cleanup"]
+    assert decision.choice == "kept graph as is" and "\n" not in decision.reason
+
+
+def test_qnn_backs_off_through_the_search_when_qdq_misses_the_bar(tmp_path: Path) -> None:
+    """The QNN candidate maker goes through the search's back-off: the outlier MatMul stays float."""
+    from tests.converter.outlier_graphs import outlier_data, outlier_model
+
+    src = outlier_model(tmp_path / "outlier.onnx")
+    data = Dataset(dict(np.load(outlier_data(tmp_path / "data.npz"))), None, "outliers")
+    ctx = _ctx(tmp_path, "qualcomm-npu", data)
+    out = qnn.run(ModelArtifact(onnx_path=src), ctx, qnn.configure(ctx))
+    verdicts = {d.choice.split(": ")[0]: d.choice for d in ctx.decisions if d.step == "qnn"}
+    assert "below the bar" in verdicts["qnn-qdq"]
+    assert "meets the bar" in verdicts["qnn-qdq-float1"]
+    assert out.onnx_path is not None and out.onnx_path.name == "cand-qnn-qdq-x1.onnx"
+    (kept,) = [d for d in ctx.decisions if d.step == "qnn" and d.choice.startswith("qnn-qdq-float1:")]
+    assert kept.measured["excluded"] == ["first"]  # the MatMul that reads the outlier input
+    assert any(d.step == "sensitivity" and d.choice.startswith("qnn-qdq: ranked") for d in ctx.decisions)

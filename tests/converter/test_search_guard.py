@@ -18,7 +18,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from converter import search
+from converter import candidates, search
+from converter.candidates import Verdict
 from converter.context import Options, PassContext
 from converter.measure import Latency, compare_latency
 from converter.model import ModelArtifact
@@ -80,9 +81,9 @@ def test_a_candidate_onnx_runtime_cannot_load_is_rejected_and_the_search_goes_on
     src = models.tiny_mlp(tmp_path / "mlp.onnx")
     result = _convert(src, _mlp_data(), tmp_path / "out", sign_key)
     verdicts = _candidates(result)
-    assert verdicts["static-int8"].startswith("rejected: ONNX Runtime cannot load")
+    assert verdicts["static-int8"].startswith("failed: ONNX Runtime cannot load")
     assert "dynamic-int8" in verdicts  # candidates after the failed one were still built and judged
-    assert sum(v == "chosen" for v in verdicts.values()) == 1
+    assert sum(v.startswith("chosen") for v in verdicts.values()) == 1
     assert result.bundle.exists() and "ONNX Runtime cannot load" in result.report.read_text()
 
 
@@ -130,11 +131,13 @@ def test_the_source_graph_ships_when_every_other_candidate_is_slower(
     tmp_path: Path, sign_key: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(search, "compare_latency", _fake_latency())
+    monkeypatch.setattr(candidates, "compare_latency", _fake_latency())
     src = models.tiny_mlp(tmp_path / "mlp.onnx")
     result = _convert(src, _mlp_data(), tmp_path / "out", sign_key)
     verdicts = _candidates(result)
-    assert verdicts[search.SOURCE_GRAPH] == "chosen"
-    assert all(v.startswith("rejected") for k, v in verdicts.items() if k != search.SOURCE_GRAPH)
+    assert verdicts[search.SOURCE_GRAPH].startswith("chosen")
+    rejected = tuple(v.value for v in Verdict if v.rejected)
+    assert all(v.startswith(rejected) for k, v in verdicts.items() if k != search.SOURCE_GRAPH)
     assert result.manifest.precision == "fp32"
     quantize = next(d for d in result.manifest.decisions if d.step == "quantize")
     assert quantize.choice == search.SOURCE_GRAPH and "source graph unchanged" in quantize.reason
@@ -180,26 +183,33 @@ def test_validation_falls_back_when_the_chosen_model_measures_slower(
 ) -> None:
     """The search's pick measures 1.5x the source in validation: the next accepted candidate ships."""
     calls: list[int] = []
-    real = _fake_latency(slow={"converted"}, factor=1.5)
-    equal = _fake_latency(slow=set())
 
-    def first_slower(*args: Any, **kwargs: Any) -> Latency:
+    def first_slower(source: Path, cands: list[Any], threads: int, feeds: Any, **kwargs: Any) -> Latency:
         calls.append(1)
-        return (real if len(calls) == 1 else equal)(*args, **kwargs)
+        slow = {cands[0].name} if len(calls) == 1 else set()
+        names = {candidates.SOURCE: None, candidates.SOURCE_AGAIN: None, cands[0].name: None}
+        return _fake_latency(slow=slow, factor=1.5)(
+            names, feeds, aa=(candidates.SOURCE, candidates.SOURCE_AGAIN)
+        )
 
-    monkeypatch.setattr(validate, "compare_latency", first_slower)
+    monkeypatch.setattr(validate, "race", first_slower)
     src = models.bag_of_words(tmp_path / "bow.onnx")
     ids = np.random.default_rng(0).integers(0, 6000, (64, 16)).astype(np.int32)
     result = _convert(src, {"ids": ids}, tmp_path / "out", sign_key)
     fallback = [d for d in result.manifest.decisions if d.step == "validate" and "fell back" in d.choice]
     assert len(fallback) == 1 and len(calls) == 2
     was, now = fallback[0].choice.removeprefix("fell back from ").split(" to ")
-    assert was != now and "x the source's latency in validation" in fallback[0].reason
+    assert was != now and f"{was}: slower than the source: 1.500x the source's latency" in fallback[0].reason
     verdicts = _candidates(result)
-    assert verdicts[was] == "chosen"  # the search's verdict, as recorded when it chose
+    assert verdicts[was].startswith("chosen")  # the search's verdict, as recorded when it chose
+    # validation recorded its own verdicts, in its own rows
+    judged = {d.choice.split(": ", 1)[0]: d.choice for d in result.manifest.decisions if d.step == "validate"}
+    assert judged[was].startswith(f"{was}: slower than the source") and judged[now].startswith(
+        f"{now}: chosen"
+    )
     manifest_latency = result.manifest.metrics.latency_ms
     assert manifest_latency is not None and manifest_latency.converted == pytest.approx(1.0, abs=0.05)
-    assert "rejected in validation" in result.report.read_text()
+    assert "slower than the source" in result.report.read_text()
 
 
 def test_a_text_model_dominated_by_per_call_overhead_still_halves_its_bytes(
