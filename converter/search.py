@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from converter import budget as budgeting
+from converter import progress, smoothing
 from converter import sensitivity as sens
-from converter import smoothing
 from converter.calibration import Dataset
 from converter.context import Alternative, PassContext
 from converter.measure import (
@@ -179,6 +180,7 @@ class Search:
 
     # ------------------------------------------------------------------ candidate makers
     def _add(self, cand: Candidate) -> bool:
+        progress.candidate(cand.name)
         self.candidates.append(cand)
         try:
             if cand.path not in (self.base, self.source):
@@ -193,6 +195,7 @@ class Search:
 
     def _build(self, name: str, precision: str, description: str, make: Callable[[], Path]) -> Candidate:
         """Run a candidate's maker; a maker that fails gives a rejected candidate, not a failed search."""
+        progress.candidate(name)
         try:
             path = make()
         except ConversionError as exc:
@@ -473,7 +476,8 @@ class Search:
             return bool(passing)
         sessions = {"source": make_session(self.source, self.ctx.threads)}
         sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
-        latency = compare_latency(sessions, self.data.first(), rounds=10, seconds_per_model=0.1)
+        rounds = budgeting.race_rounds(len(sessions), 10)
+        latency = compare_latency(sessions, self.data.first(), rounds=rounds, seconds_per_model=0.1)
         return any(latency.ratio(c.name, "source") < 1 - CLEAR_WIN for c in passing)
 
     def race(self) -> Candidate:
@@ -485,7 +489,11 @@ class Search:
         sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
         log.info("measuring host latency of %d candidates against the source", len(passing))
         latency = compare_latency(
-            sessions, self.data.first(), seconds_per_model=RACE_SECONDS, aa=("source", SOURCE_AGAIN)
+            sessions,
+            self.data.first(),
+            rounds=budgeting.race_rounds(len(sessions), 30),
+            seconds_per_model=RACE_SECONDS,
+            aa=("source", SOURCE_AGAIN),
         )
         self.ctx.record(
             "search",

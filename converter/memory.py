@@ -1,0 +1,147 @@
+"""The conversion's memory limit, and estimates of what a step will need before it runs.
+
+``edge-convert --max-memory MB`` sets the limit for the whole process's resident memory; by default
+it is the smaller of :data:`DEFAULT_LIMIT_MB` and half of what the host has available at start
+(``MemAvailable``), so a conversion neither fills a small device nor a shared build machine. Steps
+that hold data per sample (sensitivity, fidelity, calibration) size their chunks from
+:meth:`MemoryLimit.room`, the limit minus what the process already holds, and a step whose
+smallest chunk would not fit is skipped and recorded rather than started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MB = 2**20
+#: the default limit: leaves headroom under 2 GiB for what estimates miss (ORT's arenas, allocator slack).
+DEFAULT_LIMIT_MB = 1536
+#: the smallest limit that still runs a conversion (the interpreter, numpy and ONNX Runtime alone take ~150 MB).
+MIN_LIMIT_MB = 256
+
+
+def available_bytes() -> int | None:
+    """``MemAvailable`` from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (peak so far where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_bytes()
+
+
+def peak_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
+def default_limit_mb() -> int:
+    avail = available_bytes()
+    half = DEFAULT_LIMIT_MB if avail is None else avail // 2 // MB
+    return max(MIN_LIMIT_MB, min(DEFAULT_LIMIT_MB, half))
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A cap on the process's resident memory, in bytes."""
+
+    limit: int
+
+    @classmethod
+    def of(cls, max_memory_mb: float | None) -> MemoryLimit:
+        return cls(int((max_memory_mb if max_memory_mb else default_limit_mb()) * MB))
+
+    def room(self) -> int:
+        """Bytes a step may still allocate: the limit minus what the process holds now (never < 0)."""
+        return max(0, self.limit - resident_bytes())
+
+    def share(self, fraction: float) -> int:
+        """``fraction`` of the room left, for a step that shares it with others."""
+        return int(self.room() * fraction)
+
+
+def tensor_bytes(shapes: dict[str, tuple[int, ...]], itemsize: int = 4) -> dict[str, int]:
+    return {n: int(np.prod(s, dtype=np.int64)) * itemsize for n, s in shapes.items()}
+
+
+def concrete_shapes(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor the model computes for these feeds, as far as ONNX shape inference
+    (with constant propagation) can tell from the inputs' concrete shapes; unknown ones are left out."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for value in model.graph.input:
+        if value.name in feeds:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, feeds[value.name].shape, strict=False):
+                dim.ClearField("dim_param")
+                dim.dim_value = int(size)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # a graph onnx cannot infer (custom domains, bad annotations): no estimates
+        log.debug("shape inference failed for %s", path.name)
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = value.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[value.name] = tuple(d.dim_value for d in t.shape.dim)
+    return shapes
+
+
+def chunks_within(sizes: dict[str, int], names: list[str], limit: int, fallback: int) -> list[list[str]]:
+    """Split ``names`` into consecutive groups whose summed sizes stay under ``limit``; a name with
+    no estimate counts as ``fallback`` bytes; a single name over the limit gets a group of its own."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    total = 0
+    for name in names:
+        size = sizes.get(name, fallback)
+        if current and total + size > limit:
+            groups.append(current)
+            current, total = [], 0
+        current.append(name)
+        total += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+_ACTIVE: ContextVar[MemoryLimit | None] = ContextVar("converter_memory_limit", default=None)
+
+
+def active() -> MemoryLimit:
+    """The limit of the conversion running in this context (the default limit outside one)."""
+    return _ACTIVE.get() or MemoryLimit.of(None)
+
+
+@contextmanager
+def limited(limit: MemoryLimit) -> Iterator[MemoryLimit]:
+    """Make ``limit`` the one :func:`active` returns while a conversion runs."""
+    token = _ACTIVE.set(limit)
+    try:
+        yield limit
+    finally:
+        _ACTIVE.reset(token)
