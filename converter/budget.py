@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 
 #: a model up to ~20 MB converts in about a minute on 2 cores: the default budget.
 DEFAULT_SECONDS = 60.0
-#: validation races the converted model against the source (twice) over this many rounds...
-VALIDATE_ROUNDS = 21
-#: ...and loading, signing and writing the bundle and report take about this long.
+#: loading, signing and writing the bundle and report take about this long.
 PACKAGE_SECONDS = 2.0
 #: share of the budget that judging all candidates may take (each candidate runs every eval sample).
 JUDGE_SHARE = 0.35
@@ -28,6 +26,8 @@ JUDGE_SHARE = 0.35
 TYPICAL_CANDIDATES = 12
 #: fewer eval samples than this say too little about fidelity: below it the budget is overrun instead.
 MIN_EVAL_SAMPLES = 16
+#: a candidate costs about this many times its calls (quantizer and session set-up on top).
+CANDIDATE_OVERHEAD = 2.0
 #: share of the budget the final latency race may take; the rounds shrink to fit it.
 RACE_SHARE = 0.12
 #: the latency races' fewest and most rounds.
@@ -41,6 +41,8 @@ class TimeBudget:
     started: float = field(default_factory=time.monotonic)
     #: seconds of one call of the source on one sample (measured once the ONNX model exists).
     call_seconds: float = 0.0
+    #: samples each candidate is judged on (planned with the call time).
+    eval_samples: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -48,9 +50,16 @@ class TimeBudget:
     def left(self) -> float:
         return self.seconds - self.elapsed()
 
+    def race_seconds(self, models: int) -> float:
+        """A race: warm-up and per-call probes (8 calls), then its rounds of ~2 calls per model."""
+        return models * (8 + 2 * self.race_rounds(models)) * self.call_seconds
+
     def reserve_seconds(self) -> float:
-        """What validation (a 3-model race and two passes over the eval data) and packaging need."""
-        return PACKAGE_SECONDS + VALIDATE_ROUNDS * 3 * 2 * self.call_seconds
+        """What the search's final race (the source twice and ~4 candidates) runs after the search's
+        last new candidate, then validation (a 3-model race and two passes over the eval data) and
+        packaging: all run whatever the clock says, so the search stops early enough for them."""
+        validate = self.race_seconds(3) + 2 * self.eval_samples * self.call_seconds
+        return PACKAGE_SECONDS + self.race_seconds(6) + validate
 
     def search_seconds(self) -> float:
         """The budget the search may spend, counted from the conversion's start (at least 1 s)."""
@@ -85,6 +94,15 @@ def running(budget: TimeBudget) -> Iterator[TimeBudget]:
         yield budget
     finally:
         _ACTIVE.reset(token)
+
+
+def candidate_seconds() -> float:
+    """About what one more candidate costs (calibration or build, then judging): the search starts
+    one only while at least this much of its budget is left."""
+    budget = active()
+    if budget is None:
+        return 0.0
+    return CANDIDATE_OVERHEAD * budget.call_seconds * (budget.eval_samples + MIN_EVAL_SAMPLES)
 
 
 def race_rounds(models: int, default: int) -> int:

@@ -169,6 +169,7 @@ def _fit_to_limits(ctx: PassContext, limit: memory.MemoryLimit, budget: budgetin
     by_time = budgeting.plan_eval_samples(budget, len(data))
     by_memory = max(1, limit.share(EVAL_MEMORY_SHARE) // (2 * out_bytes))
     n = min(len(data), by_time, by_memory)
+    budget.eval_samples = n
     if n < len(data):
         why = "memory" if by_memory < by_time else "time"
         ctx.evaluation = cal.Dataset(

@@ -57,8 +57,9 @@ class Progress:
         self._show(new=True)
 
     def advance(self, what: str, done: int, total: int) -> None:
+        fresh = not self.detail.startswith(what) or done == total
         self.detail = f"{what} {done}/{total}"
-        self._show(new=False)
+        self._show(new=fresh)
 
     def line(self) -> str:
         parts = [f"step {self.step_name or '-'}"]
@@ -91,7 +92,7 @@ class Progress:
                 self.stream.write("\r\x1b[K" + self.bar())
                 self.stream.flush()
                 self._drawn, self._last_draw = True, now
-        elif new:
+        elif new and not self.detail:
             log.info("progress: %s", self.line())
 
 

@@ -209,7 +209,7 @@ class Search:
         return cand
 
     def budget_ok(self, what: str) -> bool:
-        if self.ctx.seconds_left() > 0:
+        if self.ctx.seconds_left() > budgeting.candidate_seconds():
             return True
         self.ctx.record("search", f"skipped {what}", "the --budget is used up; keeping the best found so far")
         return False
