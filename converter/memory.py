@@ -18,10 +18,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound="Raced")
 
 MB = 2**20
 #: the default limit: leaves headroom under 2 GiB for what estimates miss (ORT's arenas, allocator slack).
@@ -63,11 +66,15 @@ def default_limit_mb() -> int:
     return max(MIN_LIMIT_MB, min(DEFAULT_LIMIT_MB, half))
 
 
-@dataclass(frozen=True)
+@dataclass
 class MemoryLimit:
     """A cap on the process's resident memory, in bytes."""
 
     limit: int
+    #: what one session of the source took when it was loaded and run once (measured, 0 until then).
+    session_bytes: int = 0
+    #: bytes of the source model's file, to scale ``session_bytes`` to other candidates.
+    source_bytes: int = 0
 
     @classmethod
     def of(cls, max_memory_mb: float | None) -> MemoryLimit:
@@ -80,6 +87,39 @@ class MemoryLimit:
     def share(self, fraction: float) -> int:
         """``fraction`` of the room left, for a step that shares it with others."""
         return int(self.room() * fraction)
+
+    def session_estimate(self, model_bytes: int) -> int:
+        """A session of a model of ``model_bytes``: its weights (about twice the file, once loaded
+        and prepacked) plus the activations one call of the source needed."""
+        activations = max(0, self.session_bytes - 2 * self.source_bytes)
+        return activations + 2 * model_bytes
+
+
+class Raced(Protocol):
+    name: str
+    verdict: str
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+def fit_race(candidates: list[R], keep: str, fixed_sessions: int = 2) -> tuple[list[R], list[R]]:
+    """The candidates whose sessions fit the memory room together with ``fixed_sessions`` of the
+    source: ``keep`` (the fallback) first, then the smallest first. Returns (raced, left out)."""
+    limit = active()
+    if not limit.session_bytes:
+        return candidates, []
+    room = limit.room() - fixed_sessions * limit.session_estimate(limit.source_bytes)
+    order = sorted(candidates, key=lambda c: (c.name != keep, c.size_bytes))
+    raced: list[R] = []
+    for cand in order:
+        need = limit.session_estimate(cand.size_bytes)
+        if raced and need > room:
+            continue
+        raced.append(cand)
+        room -= need
+    left = [c for c in candidates if c not in raced]
+    return [c for c in candidates if c in raced], left
 
 
 def tensor_bytes(shapes: dict[str, tuple[int, ...]], itemsize: int = 4) -> dict[str, int]:

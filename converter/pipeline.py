@@ -121,10 +121,13 @@ def _attach_data(model: ModelArtifact, ctx: PassContext, request: ConvertRequest
         )
     ctx.inputs = input_specs(make_session(model.onnx_path, ctx.threads))
     q = ctx.profile.quantization
+    limit = memory.active()
     if request.evaluation is not None:  # checked first: a bad file fails before any warning
-        ctx.evaluation = cal.load_npz(request.evaluation, ctx.inputs, "eval")
+        ctx.evaluation = cal.load_npz(request.evaluation, ctx.inputs, "eval", limit.share(DATA_MEMORY_SHARE))
     if ctx.options.calibration_path is not None:
-        ctx.calibration = cal.load_npz(ctx.options.calibration_path, ctx.inputs, "calibration")
+        ctx.calibration = cal.load_npz(
+            ctx.options.calibration_path, ctx.inputs, "calibration", limit.share(DATA_MEMORY_SHARE)
+        )
     elif q.calibration_required:
         raise ConfigError(
             f"profile {ctx.profile.name} needs --calibration DATA.npz (full-integer quantization)"
@@ -146,6 +149,8 @@ def _attach_data(model: ModelArtifact, ctx: PassContext, request: ConvertRequest
     )
 
 
+#: share of the memory room each data file (calibration, eval) may take once loaded.
+DATA_MEMORY_SHARE = 0.15
 #: share of the memory room the judged outputs may take: the reference's and one candidate's copy.
 EVAL_MEMORY_SHARE = 0.3
 
@@ -154,9 +159,12 @@ def _fit_to_limits(ctx: PassContext, limit: memory.MemoryLimit, budget: budgetin
     """Time one call of the source and size what scales with it: the eval samples every candidate is
     judged on (by time and by the memory their outputs take) and the search's share of the budget."""
     assert ctx.source_onnx is not None and ctx.calibration is not None
+    before = memory.resident_bytes()
     session = make_session(ctx.source_onnx, ctx.threads)
     feeds = ctx.calibration.first()
     outputs = run(session, feeds)  # the first call pays for allocation: not timed
+    limit.session_bytes = max(0, memory.resident_bytes() - before)
+    limit.source_bytes = ctx.source_onnx.stat().st_size
     times = []
     for _ in range(3):
         t0 = time.perf_counter()

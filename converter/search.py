@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from converter import budget as budgeting
-from converter import progress, smoothing
+from converter import memory, progress, smoothing
 from converter import sensitivity as sens
 from converter.calibration import Dataset
 from converter.context import Alternative, PassContext
@@ -482,6 +482,9 @@ class Search:
 
     def race(self) -> Candidate:
         passing = [c for c in self.candidates if c.verdict == "fidelity ok"]
+        passing, left_out = memory.fit_race(passing, SOURCE_GRAPH)
+        for c in left_out:
+            c.verdict = "not raced: its session would pass the memory limit (--max-memory)"
         sessions = {
             "source": make_session(self.source, self.ctx.threads),
             SOURCE_AGAIN: make_session(self.source, self.ctx.threads),
