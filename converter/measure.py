@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 
+from converter import memory
 from converter.calibration import Dataset
 from converter.runtime import run
 from sdk.profiles import QuantizationSpec
@@ -50,9 +51,11 @@ class Fidelity:
 
 
 def batch_size_for(session: ort.InferenceSession) -> int:
-    """Batches of 16 when the batch dim is dynamic, else the model's fixed batch."""
+    """Batches of up to 16 when the batch dim is dynamic (fewer when one sample's activations are
+    large: a batch's activations stay within a share of the memory room), else the model's batch."""
     dims = [i.shape[0] if i.shape else 1 for i in session.get_inputs()]
-    return 16 if all(not isinstance(d, int) or d <= 0 for d in dims) else 1
+    dynamic = all(not isinstance(d, int) or d <= 0 for d in dims)
+    return memory.active().batch_within(16) if dynamic else 1
 
 
 def outputs_over(session: ort.InferenceSession, data: Dataset) -> list[np.ndarray]:
@@ -110,11 +113,6 @@ def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray], classifie
             max_err = max(max_err, float(np.max(np.abs(r - g))) if r.size else 0.0)
         cosines.append(float(np.mean(np.concatenate(per_sample))) if per_sample else 1.0)
     return Fidelity(agreement, min(cosines), max_err, len(reference[0]) if reference[0].ndim else 1)
-
-
-def output_bytes_per_sample(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> int:
-    """Bytes one sample's outputs take (run once on one sample's feeds)."""
-    return sum(np.asarray(o).nbytes for o in run(session, feeds))
 
 
 def accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:

@@ -88,11 +88,21 @@ class MemoryLimit:
         """``fraction`` of the room left, for a step that shares it with others."""
         return int(self.room() * fraction)
 
+    def activation_bytes(self) -> int:
+        """What one call of the source on one sample needed beyond its weights (0 until measured)."""
+        return max(0, self.session_bytes - 2 * self.source_bytes)
+
     def session_estimate(self, model_bytes: int) -> int:
         """A session of a model of ``model_bytes``: its weights (about twice the file, once loaded
         and prepacked) plus the activations one call of the source needed."""
-        activations = max(0, self.session_bytes - 2 * self.source_bytes)
-        return activations + 2 * model_bytes
+        return self.activation_bytes() + 2 * model_bytes
+
+    def batch_within(self, most: int, share: float = 0.25) -> int:
+        """Samples per call (up to ``most``) whose activations fit ``share`` of the room."""
+        per_sample = self.activation_bytes()
+        if not per_sample:
+            return most
+        return max(1, min(most, self.share(share) // per_sample))
 
 
 class Raced(Protocol):
