@@ -4,7 +4,7 @@ Run: ``flock /tmp/edgefleet-bench.lock .venv/bin/python bench/convert.py [--mode
 [--budget SECONDS]``. Every model is built (and the CNN trained) here, the look-alikes of the field
 models of issue 12 by :mod:`tests.converter.lookalikes`. Each conversion (ORT's two and
 ``edge-convert``) runs in a child process, so its wall time and peak resident memory (the child's
-``ru_maxrss``) are its own. All latencies of one model are measured in the same interleaved run
+own VmHWM, see tests/support/peak_rss.py) are its own. All latencies of one model are measured in the same interleaved run
 (median of block medians, ratio = median of per-round ratios), with the source loaded twice so the
 run's own noise is printed (±) and "slower" means beyond it. Prints one table.
 """
@@ -131,29 +131,37 @@ class Child:
     stdout: str
 
 
-def _child(argv: list[str]) -> Child:
-    """Run ``python ARGV`` in a child process: its wall time, its own peak RSS and its stdout."""
+def _child(argv: list[str], peak_file: Path) -> Child:
+    """Run ``python ARGV`` in a child process: its wall time, its own peak RSS and its stdout.
+
+    The child runs under tests.support.peak_rss, which reads the kernel's VmHWM at exit: a
+    child's ru_maxrss would include this (large) bench process's size at fork time.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.peak_rss", str(peak_file), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+        check=False,
     )
-    assert proc.stdout is not None
-    stdout = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv[:3]} failed with exit status {os.waitstatus_to_exitcode(status)}")
-    return Child(seconds, usage.ru_maxrss / 1024, stdout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed with exit status {done.returncode}")
+    return Child(seconds, int(peak_file.read_text()) / 2**20, done.stdout.decode())
 
 
 def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
     session = make_session(case.onnx, 2)
     ev = load_npz(case.evaluation, input_specs(session), "eval")
     variants: dict[str, tuple[Path, dict[str, str], Child | None]] = {"source fp32": (case.onnx, {}, None)}
-    dyn = _child(["-c", _ORT_DYNAMIC, str(case.onnx), str(d / "dyn.onnx")])
+    dyn = _child(["-c", _ORT_DYNAMIC, str(case.onnx), str(d / "dyn.onnx")], d / "dyn.peak")
     variants["ORT dynamic int8"] = (d / "dyn.onnx", {}, dyn)
-    qdq = _child(["-c", _ORT_STATIC, str(case.onnx), str(d / "qdq.onnx"), str(case.calibration)])
+    qdq = _child(
+        ["-c", _ORT_STATIC, str(case.onnx), str(d / "qdq.onnx"), str(case.calibration)], d / "qdq.peak"
+    )
     variants["ORT static QDQ"] = (d / "qdq.onnx", {}, qdq)
     ours = _child(
         [
@@ -173,7 +181,8 @@ def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
             "--budget",
             str(budget),
             "--json",
-        ]
+        ],
+        d / "edgefleet.peak",
     )
     body = json.loads(ours.stdout)
     extract_bundle(Path(body["bundle"]), d / "edgefleet")
