@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import onnxruntime as ort
+
 from converter import budget as budgeting
 from converter import calibration as cal
 from converter import memory, package, progress, report
 from converter.context import Options, PassContext
+from converter.errors import first_line
 from converter.loading import SourceModel, load_source
 from converter.model import ModelArtifact
 from converter.passes import resolve, tflite
@@ -162,7 +165,13 @@ def _fit_to_limits(ctx: PassContext, limit: memory.MemoryLimit, budget: budgetin
     before = memory.resident_bytes()
     session = make_session(ctx.source_onnx, ctx.threads)
     feeds = ctx.calibration.first()
-    outputs = run(session, feeds)  # the first call pays for allocation: not timed
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a model that cannot run this data fails in the passes, in one clear line
+    try:
+        outputs = session.run(None, feeds, quiet)  # the first call pays for allocation: not timed
+    except Exception as exc:
+        log.debug("not planning the budget: the source does not run on the data (%s)", first_line(exc))
+        return
     limit.session_bytes = max(0, memory.resident_bytes() - before)
     limit.source_bytes = ctx.source_onnx.stat().st_size
     times = []
