@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from converter import progress
+
 #: a model up to ~20 MB converts in about a minute on 2 cores: the default budget.
 DEFAULT_SECONDS = 60.0
 #: loading, signing and writing the bundle and report take about this long.
@@ -31,7 +33,7 @@ CANDIDATE_OVERHEAD = 2.0
 #: share of the budget the final latency race may take; the rounds shrink to fit it.
 RACE_SHARE = 0.12
 #: the latency races' fewest and most rounds.
-MIN_RACE_ROUNDS = 5
+MIN_RACE_ROUNDS = 10
 MAX_RACE_ROUNDS = 30
 
 
@@ -98,11 +100,14 @@ def running(budget: TimeBudget) -> Iterator[TimeBudget]:
 
 def candidate_seconds() -> float:
     """About what one more candidate costs (calibration or build, then judging): the search starts
-    one only while at least this much of its budget is left."""
+    one only while at least this much of its budget is left. Planned from the call time, and never
+    less than the longest candidate so far took (quantizers' own work does not scale with calls)."""
     budget = active()
     if budget is None:
         return 0.0
-    return CANDIDATE_OVERHEAD * budget.call_seconds * (budget.eval_samples + MIN_EVAL_SAMPLES)
+    planned = CANDIDATE_OVERHEAD * budget.call_seconds * (budget.eval_samples + MIN_EVAL_SAMPLES)
+    tracker = progress.active()
+    return max(planned, tracker.longest_candidate if tracker is not None else 0.0)
 
 
 def race_rounds(models: int, default: int) -> int:

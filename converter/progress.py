@@ -38,6 +38,9 @@ class Progress:
         self.detail = ""
         self._drawn = False
         self._last_draw = 0.0
+        self._candidate_started = self.started
+        #: the longest a candidate took so far (build and judge), for the budget's next-step check.
+        self.longest_candidate = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -47,12 +50,18 @@ class Progress:
         return max(0.0, self.budget - self.elapsed())
 
     def step(self, name: str) -> None:
+        if self.candidate_name:
+            self.longest_candidate = max(self.longest_candidate, time.monotonic() - self._candidate_started)
         self.step_name, self.candidate_name, self.detail = name, "", ""
         self._show(new=True)
 
     def candidate(self, name: str) -> None:
         if name == self.candidate_name:
             return
+        now = time.monotonic()
+        if self.candidate_name:  # the previous candidate ran from its start until now
+            self.longest_candidate = max(self.longest_candidate, now - self._candidate_started)
+        self._candidate_started = now
         self.candidate_name, self.detail = name, ""
         self._show(new=True)
 

@@ -30,3 +30,21 @@ def test_outside_a_conversion_the_defaults_hold() -> None:
         assert budget.race_rounds(5, 30) < 30
         assert budget.samples_within(0.1, 256, 16) == 16
         assert budget.candidate_seconds() > 0
+
+
+def test_the_next_candidate_is_expected_to_take_as_long_as_the_longest_so_far() -> None:
+    import io
+    import time
+
+    from converter import progress
+
+    tracker = progress.Progress(60.0, stream=io.StringIO(), tty=False)
+    with (
+        budget.running(budget.TimeBudget(60.0, call_seconds=1e-4, eval_samples=16)),
+        progress.tracking(tracker),
+    ):
+        planned = budget.candidate_seconds()
+        progress.candidate("slow")
+        time.sleep(0.3)
+        progress.candidate("next")
+        assert budget.candidate_seconds() >= 0.3 > planned
