@@ -1,15 +1,21 @@
 """Side-by-side: source fp32 vs plain ONNX Runtime dynamic int8 vs plain static QDQ vs edge-convert.
 
-Run: ``flock /tmp/edgefleet-bench.lock .venv/bin/python bench/convert.py [--minilm] [--budget SECONDS]``.
-Every model is built (and the CNN trained) here; all latencies of one model are measured in the same
-interleaved run (median of block medians, ratio = median of per-round ratios), with the source loaded
-twice so the run's own noise is printed (±) and "slower" means beyond it. Prints one table.
+Run: ``flock /tmp/edgefleet-bench.lock .venv/bin/python bench/convert.py [--models a,b] [--minilm]
+[--budget SECONDS]``. Every model is built (and the CNN trained) here, the look-alikes of the field
+models of issue 12 by :mod:`tests.converter.lookalikes`. Each conversion (ORT's two and
+``edge-convert``) runs in a child process, so its wall time and peak resident memory (the child's
+own VmHWM, see tests/support/peak_rss.py) are its own. All latencies of one model are measured in the same interleaved run
+(median of block medians, ratio = median of per-round ratios), with the source loaded twice so the
+run's own noise is printed (±) and "slower" means beyond it. Prints one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from converter.calibration import load_npz
-from converter.context import Options
 from converter.measure import compare_latency, fidelity, judged_as_classifier, outputs_over
-from converter.pipeline import ConvertRequest, convert
-from converter.quant_data import DatasetReader
 from converter.runtime import input_specs, make_session
 from sdk import keys
 from sdk.bundle import extract_bundle
-from tests.converter import minilm, models
+from tests.converter import lookalikes, minilm, models
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: a second session of the source: source vs this (A/A) is the noise of the run.
 AGAIN = "source again"
@@ -93,47 +98,99 @@ def _minilm(d: Path) -> Case:
     return Case("all-MiniLM-L6-v2", d / "minilm.onnx", d / "minilm_cal.npz", d / "minilm_eval.npz")
 
 
-def _timed(fn: Callable[[], Path]) -> tuple[Path, float]:
+def _lookalike(build: Callable[[Path], lookalikes.LookAlike]) -> Callable[[Path], Case]:
+    def case(d: Path) -> Case:
+        made = build(d)
+        return Case(made.name, made.onnx, made.calibration, made.evaluation)
+
+    case.__name__ = build.__name__
+    return case
+
+
+_ORT_DYNAMIC = """
+import sys
+from onnxruntime.quantization import quantize_dynamic
+quantize_dynamic(sys.argv[1], sys.argv[2])
+"""
+_ORT_STATIC = """
+import sys
+from pathlib import Path
+from onnxruntime.quantization import QuantFormat, quantize_static
+from converter.calibration import load_npz
+from converter.quant_data import DatasetReader
+from converter.runtime import input_specs, make_session
+cal = load_npz(Path(sys.argv[3]), input_specs(make_session(Path(sys.argv[1]), 2)), "calibration")
+quantize_static(sys.argv[1], sys.argv[2], DatasetReader(cal), quant_format=QuantFormat.QDQ)
+"""
+
+
+@dataclass(frozen=True)
+class Child:
+    seconds: float
+    peak_mb: float
+    stdout: str
+
+
+def _child(argv: list[str], peak_file: Path) -> Child:
+    """Run ``python ARGV`` in a child process: its wall time, its own peak RSS and its stdout.
+
+    The child runs under tests.support.peak_rss, which reads the kernel's VmHWM at exit: a
+    child's ru_maxrss would include this (large) bench process's size at fork time.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.peak_rss", str(peak_file), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed with exit status {done.returncode}")
+    return Child(seconds, int(peak_file.read_text()) / 2**20, done.stdout.decode())
 
 
 def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
-    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
-
     session = make_session(case.onnx, 2)
-    cal = load_npz(case.calibration, input_specs(session), "calibration")
     ev = load_npz(case.evaluation, input_specs(session), "eval")
-    variants: dict[str, tuple[Path, dict[str, str], float]] = {"source fp32": (case.onnx, {}, 0.0)}
-    p, t = _timed(lambda: (quantize_dynamic(str(case.onnx), str(d / "dyn.onnx")), d / "dyn.onnx")[1])
-    variants["ORT dynamic int8"] = (p, {}, t)
-    p, t = _timed(
-        lambda: (
-            quantize_static(
-                str(case.onnx), str(d / "qdq.onnx"), DatasetReader(cal), quant_format=QuantFormat.QDQ
-            ),
-            d / "qdq.onnx",
-        )[1]
+    variants: dict[str, tuple[Path, dict[str, str], Child | None]] = {"source fp32": (case.onnx, {}, None)}
+    dyn = _child(["-c", _ORT_DYNAMIC, str(case.onnx), str(d / "dyn.onnx")], d / "dyn.peak")
+    variants["ORT dynamic int8"] = (d / "dyn.onnx", {}, dyn)
+    qdq = _child(
+        ["-c", _ORT_STATIC, str(case.onnx), str(d / "qdq.onnx"), str(case.calibration)], d / "qdq.peak"
     )
-    variants["ORT static QDQ"] = (p, {}, t)
-    t0 = time.perf_counter()
-    result = convert(
-        ConvertRequest(
-            model=str(case.onnx),
-            profile="x86-server",
-            out_dir=d / "out",
-            evaluation=case.evaluation,
-            sign_key=str(key),
-            options=Options(calibration_path=case.calibration, budget_seconds=budget),
-        )
+    variants["ORT static QDQ"] = (d / "qdq.onnx", {}, qdq)
+    ours = _child(
+        [
+            "-m",
+            "converter.cli",
+            str(case.onnx),
+            "--profile",
+            "x86-server",
+            "--calibration",
+            str(case.calibration),
+            "--eval",
+            str(case.evaluation),
+            "--output",
+            str(d / "out"),
+            "--sign-key",
+            str(key),
+            "--budget",
+            str(budget),
+            "--json",
+        ],
+        d / "edgefleet.peak",
     )
-    t = time.perf_counter() - t0
-    extract_bundle(result.bundle, d / "edgefleet")
+    body = json.loads(ours.stdout)
+    extract_bundle(Path(body["bundle"]), d / "edgefleet")
+    manifest = body["manifest"]
     variants["edgefleet"] = (
         d / "edgefleet" / "model.onnx",
-        result.manifest.runtime_options.session_config,
-        t,
+        manifest["runtime_options"].get("session_config") or {},
+        ours,
     )
     sessions = {k: make_session(path, 2, cfg) for k, (path, cfg, _) in variants.items()}
     sessions[AGAIN] = make_session(case.onnx, 2)  # the A/A pair: the run's own noise
@@ -142,43 +199,74 @@ def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
     latency = compare_latency(
         sessions, ev.first(), rounds=40, seconds_per_model=2.0, aa=("source fp32", AGAIN)
     )
+    source_bytes = case.onnx.stat().st_size
     rows = []
-    for k, (path, _, seconds) in variants.items():
+    for k, (path, _, child) in variants.items():
         fid = fidelity(reference, outputs_over(sessions[k], ev), classifier)
         verdict = "slower" if latency.slower(k, "source fp32") else ""
         rows.append(
             [
                 case.name,
-                k + (f" [{result.manifest.precision}]" if k == "edgefleet" else ""),
+                k + (f" [{manifest['precision']}]" if k == "edgefleet" else ""),
                 f"{path.stat().st_size / 1e6:.2f}",
+                f"{path.stat().st_size / source_bytes:.2f}x",
                 f"{latency.median(k):.4f}",
                 f"{latency.ratio(k, 'source fp32'):.3f}x"
                 + (f" ±{latency.noise:.3f}" if k == "source fp32" else ""),
                 verdict,
                 f"{fid.argmax_agreement:.4f}" if fid.argmax_agreement is not None else "-",
                 f"{fid.cosine:.5f}",
-                f"{seconds:.1f}",
+                f"{child.seconds:.1f}" if child else "",
+                f"{child.peak_mb:.0f}" if child else "",
             ]
         )
     return rows
 
 
+CASES: dict[str, Callable[[Path], Case]] = {
+    "cnn": _cnn,
+    "encoder": _encoder,
+    "mlp": _mlp,
+    "text": _text,
+    "recognizer": _lookalike(lookalikes.recognizer),
+    "detector": _lookalike(lookalikes.detector),
+    "bytes": _lookalike(lookalikes.byte_classifier),
+    "minilm": _minilm,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minilm", action="store_true", help="include all-MiniLM-L6-v2 (slow)")
-    parser.add_argument("--budget", type=float, default=180.0)
+    parser.add_argument(
+        "--models", help=f"comma-separated subset of {','.join(CASES)} (default: all but minilm)"
+    )
+    parser.add_argument("--budget", type=float, default=60.0, help="edge-convert --budget (seconds)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    builders = [_cnn, _encoder, _mlp, _text] + ([_minilm] if args.minilm else [])
-    header = ["model", "variant", "MB", "ms (median)", "vs source", "", "argmax", "cosine", "convert s"]
+    names = args.models.split(",") if args.models else [n for n in CASES if n != "minilm"]
+    names += ["minilm"] if args.minilm and "minilm" not in names else []
+    header = [
+        "model",
+        "variant",
+        "MB",
+        "bytes",
+        "ms (median)",
+        "vs source",
+        "",
+        "argmax",
+        "cosine",
+        "convert s",
+        "peak RSS MB",
+    ]
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         key = Path(tmp) / "key"
         keys.save_keypair(keys.generate_key(), key)
-        for build in builders:
-            d = Path(tmp) / build.__name__.strip("_")
+        for name in names:
+            d = Path(tmp) / name
             d.mkdir()
-            rows += bench(build(d), d, key, args.budget)
+            rows += bench(CASES[name](d), d, key, args.budget)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))

@@ -72,14 +72,17 @@ def parse_input_overrides(items: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_npz(path: Path, specs: list[InputSpec], what: str) -> Dataset:
-    """Read a data file and check its names, shapes and types against the model's inputs."""
+def load_npz(path: Path, specs: list[InputSpec], what: str, max_bytes: int | None = None) -> Dataset:
+    """Read a data file and check its names, shapes and types against the model's inputs.
+
+    With ``max_bytes``, only the first samples that fit are read (the rest never enters memory),
+    and the dataset's origin says how many of how many were kept.
+    """
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
+        arrays, total = _read_npz(path, max_bytes)
     except FileNotFoundError:
         raise ConfigError(f"--{what} {path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"--{what} {path}: not a readable .npz file ({exc})") from None
     labels = arrays.pop(LABELS, None)
     expected = [s.name for s in specs]
@@ -98,7 +101,51 @@ def load_npz(path: Path, specs: list[InputSpec], what: str) -> Dataset:
     n = counts.pop()
     if labels is not None and len(labels) != n:
         raise ConfigError(f"--{what} {path}: 'labels' has {len(labels)} entries for {n} samples")
+    if total is not None and n < total:
+        log.warning("--%s %s: only the first %d of %d samples fit the memory limit", what, path, n, total)
+        return Dataset(inputs, labels, f"{path.name} (first {n} of {total} samples: memory limit)")
     return Dataset(inputs, labels, f"{path.name} ({n} samples)")
+
+
+def _read_npz(path: Path, max_bytes: int | None) -> tuple[dict[str, np.ndarray], int | None]:
+    """Every array of an .npz, or with ``max_bytes`` the first rows of each that fit together
+    (read from the member's stream, so the rest is never held); also the sample count when cut."""
+    if max_bytes is None:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k]) for k in data.files}, None
+    with zipfile.ZipFile(path) as archive:
+        headers = {}
+        for member in archive.namelist():
+            with archive.open(member) as f:
+                headers[member] = _npy_header(f)
+        counts = {shape[0] for shape, _, _ in headers.values() if shape}
+        row_bytes = sum(
+            int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            for shape, _, dtype in headers.values()
+            if shape
+        )
+        total = min(counts) if counts else 0
+        keep = min(total, max(1, max_bytes // max(row_bytes, 1)))
+        arrays = {}
+        for member, (shape, fortran, dtype) in headers.items():
+            name = member.removesuffix(".npy")
+            with archive.open(member) as f:
+                if not shape or fortran or dtype.hasobject or keep == total:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+                    continue
+                _npy_header(f)
+                rows = (keep, *shape[1:])
+                count = int(np.prod(rows, dtype=np.int64))
+                buffer = bytearray(f.read(count * dtype.itemsize))
+                arrays[name] = np.frombuffer(buffer, dtype=dtype, count=count).reshape(rows)
+    return arrays, total if keep < total else None
+
+
+def _npy_header(f: object) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)  # type: ignore[arg-type]
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)  # type: ignore[arg-type,return-value]
+    return np.lib.format.read_array_header_2_0(f)  # type: ignore[arg-type,return-value]
 
 
 def _fit(array: np.ndarray, spec: InputSpec, path: Path, what: str) -> np.ndarray:

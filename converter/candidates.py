@@ -66,13 +66,15 @@ class Verdict(enum.Enum):
     MEETS_BAR = "meets the bar"
     #: measurably slower than the source (beyond the run's noise).
     SLOWER = "slower than the source"
+    #: met the bar but was left out of the race (its session would pass --max-memory).
+    NOT_RACED = "not raced"
     #: meets the bar and is not slower: ranked, a fallback for validation if not chosen.
     ELIGIBLE = "eligible"
     CHOSEN = "chosen"
 
     @property
     def rejected(self) -> bool:
-        return self in (Verdict.FAILED, Verdict.BELOW_BAR, Verdict.SLOWER)
+        return self in (Verdict.FAILED, Verdict.BELOW_BAR, Verdict.SLOWER, Verdict.NOT_RACED)
 
 
 @dataclass

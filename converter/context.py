@@ -31,8 +31,10 @@ class Options:
     prune_amount: float | None = None
     prune_structured: bool = False
     max_accuracy_drop: float = 0.01
-    budget_seconds: float = 600.0
+    budget_seconds: float = 60.0
     calibration_path: Path | None = None
+    #: the cap on the conversion's resident memory (None: from the memory available, see converter.memory).
+    max_memory_mb: float | None = None
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from converter import budget, memory
 from converter.calibration import parse_input_overrides
 from converter.context import Options
 from converter.pipeline import ConvertRequest, convert
 from sdk.errors import ConfigError
 
 log = logging.getLogger("converter")
-
-DEFAULT_BUDGET_SECONDS = 600.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,9 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--budget",
         type=float,
-        default=DEFAULT_BUDGET_SECONDS,
+        default=budget.DEFAULT_SECONDS,
         metavar="SECONDS",
-        help="time bound of the quantization search; the best candidate so far is kept",
+        help=f"time bound of the whole conversion (default {budget.DEFAULT_SECONDS:g}); when it runs out the"
+        " best candidate measured so far ships and the report lists what was not tried",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        metavar="MB",
+        help=f"cap on the conversion's resident memory (default: the smaller of {memory.DEFAULT_LIMIT_MB} MB"
+        " and half the memory available); steps that would pass it are cut short and reported",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
@@ -76,6 +83,8 @@ def convert_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"--prune {args.prune}: give a share between 0 and 1")
     if args.budget <= 0:
         raise ConfigError("--budget must be positive")
+    if args.max_memory is not None and args.max_memory < memory.MIN_LIMIT_MB:
+        raise ConfigError(f"--max-memory {args.max_memory:g}: give at least {memory.MIN_LIMIT_MB} MB")
     options = Options(
         input_shapes=parse_input_overrides(args.input),
         prune_amount=args.prune,
@@ -83,6 +92,7 @@ def convert_main(argv: Sequence[str]) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         budget_seconds=args.budget,
         calibration_path=args.calibration,
+        max_memory_mb=args.max_memory,
     )
     request = ConvertRequest(
         model=args.model,

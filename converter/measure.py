@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 
+from converter import memory
 from converter.calibration import Dataset
 from converter.runtime import run
 from sdk.profiles import QuantizationSpec
@@ -50,9 +51,11 @@ class Fidelity:
 
 
 def batch_size_for(session: ort.InferenceSession) -> int:
-    """Batches of 16 when the batch dim is dynamic, else the model's fixed batch."""
+    """Batches of up to 16 when the batch dim is dynamic (fewer when one sample's activations are
+    large: a batch's activations stay within a share of the memory room), else the model's batch."""
     dims = [i.shape[0] if i.shape else 1 for i in session.get_inputs()]
-    return 16 if all(not isinstance(d, int) or d <= 0 for d in dims) else 1
+    dynamic = all(not isinstance(d, int) or d <= 0 for d in dims)
+    return memory.active().batch_within(16) if dynamic else 1
 
 
 def outputs_over(session: ort.InferenceSession, data: Dataset) -> list[np.ndarray]:
@@ -85,6 +88,10 @@ def judged_as_classifier(session: ort.InferenceSession, outputs: list[np.ndarray
     return is_classifier(outputs, [o.name for o in session.get_outputs()], data.labels is not None)
 
 
+#: samples compared at once in :func:`fidelity`: its float64 temporaries stay a few chunk-sized copies.
+FIDELITY_CHUNK = 32
+
+
 def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray], classifier: bool = False) -> Fidelity:
     """Cosine and max abs error always; argmax agreement of the first output for classifiers."""
     agreement = None
@@ -95,12 +102,16 @@ def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray], classifie
         if ref.dtype.kind != "f":
             cosines.append(float(np.mean(ref == got)))
             continue
-        r = ref.reshape(len(ref), -1).astype(np.float64) if ref.ndim else ref.reshape(1, -1)
-        g = got.reshape(r.shape).astype(np.float64)
-        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-        cos = np.where(denom > 0, np.sum(r * g, axis=1) / np.maximum(denom, 1e-30), 1.0)
-        cosines.append(float(np.mean(cos)))
-        max_err = max(max_err, float(np.max(np.abs(r - g))) if r.size else 0.0)
+        r_all = ref.reshape(len(ref), -1) if ref.ndim else ref.reshape(1, -1)
+        g_all = got.reshape(r_all.shape)
+        per_sample = []
+        for start in range(0, len(r_all), FIDELITY_CHUNK):
+            r = r_all[start : start + FIDELITY_CHUNK].astype(np.float64)
+            g = g_all[start : start + FIDELITY_CHUNK].astype(np.float64)
+            denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+            per_sample.append(np.where(denom > 0, np.sum(r * g, axis=1) / np.maximum(denom, 1e-30), 1.0))
+            max_err = max(max_err, float(np.max(np.abs(r - g))) if r.size else 0.0)
+        cosines.append(float(np.mean(np.concatenate(per_sample))) if per_sample else 1.0)
     return Fidelity(agreement, min(cosines), max_err, len(reference[0]) if reference[0].ndim else 1)
 
 

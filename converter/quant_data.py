@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType
 
+from converter import budget
 from converter.calibration import Dataset
 from converter.progress import reporter
 from sdk.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: profile names -> onnxruntime enums, in one place.
 CALIBRATION_METHODS = {
@@ -20,13 +24,22 @@ CALIBRATION_METHODS = {
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 #: Entropy and Percentile keep histograms of every tensor; a few hundred samples are plenty.
 MAX_CALIBRATION_SAMPLES = 256
+#: share of the time budget one calibration may take (a search calibrates twice), and the fewest
+#: samples it uses however tight the budget.
+CALIBRATION_SHARE = 0.06
+MIN_CALIBRATION_SAMPLES = 16
 
 
 class DatasetReader(CalibrationDataReader):
-    """One sample per call, as onnxruntime's calibrators expect."""
+    """One sample per call, as onnxruntime's calibrators expect; as many as the time budget affords."""
 
     def __init__(self, data: Dataset) -> None:
-        self._data = data.take(MAX_CALIBRATION_SAMPLES)
+        n = budget.samples_within(
+            CALIBRATION_SHARE, min(len(data), MAX_CALIBRATION_SAMPLES), MIN_CALIBRATION_SAMPLES
+        )
+        if n < min(len(data), MAX_CALIBRATION_SAMPLES):
+            log.info("calibration: %d of %d samples fit the time budget", n, len(data))
+        self._data = data.take(n)
         self._iter: Iterator[dict[str, np.ndarray]] = self._data.batches(1)
         self._done = 0
         self._progress = reporter("calibration samples")

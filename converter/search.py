@@ -27,8 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from converter import budget as budgeting
+from converter import memory, progress, smoothing
 from converter import sensitivity as sens
-from converter import smoothing
 from converter.candidates import (
     SOURCE,
     SOURCE_AGAIN,
@@ -90,6 +91,7 @@ class Search:
 
     # ------------------------------------------------------------------ candidate makers
     def _add(self, cand: Candidate) -> bool:
+        progress.candidate(cand.name)
         self.candidates.append(cand)
         try:
             if cand.path not in (self.base, self.source):
@@ -104,6 +106,7 @@ class Search:
 
     def _build(self, name: str, precision: str, description: str, make: Callable[[], Path]) -> Candidate:
         """Run a candidate's maker; a maker that fails gives a rejected candidate, not a failed search."""
+        progress.candidate(name)
         try:
             path = make()
         except ConversionError as exc:
@@ -124,7 +127,7 @@ class Search:
         return self._build(name, precision, description, make)
 
     def budget_ok(self, what: str) -> bool:
-        if self.ctx.seconds_left() > 0:
+        if self.ctx.seconds_left() > budgeting.candidate_seconds():
             return True
         self.ctx.record("search", f"skipped {what}", "the --budget is used up; keeping the best found so far")
         return False
@@ -395,15 +398,25 @@ class Search:
             return bool(passing)
         sessions = {SOURCE: make_session(self.source, self.ctx.threads)}
         sessions.update({c.name: make_session(c.path, self.ctx.threads, c.session_config) for c in passing})
-        latency = compare_latency(sessions, self.data.first(), rounds=10, seconds_per_model=0.1)
+        rounds = budgeting.race_rounds(len(sessions), 10)
+        latency = compare_latency(sessions, self.data.first(), rounds=rounds, seconds_per_model=0.1)
         return any(latency.ratio(c.name, SOURCE) < 1 - CLEAR_WIN for c in passing)
 
     def race(self) -> Candidate:
         """Race the candidates that met the bar against the source; rank; keep the rest as fallbacks."""
         passing = [c for c in self.candidates if c.verdict is Verdict.MEETS_BAR]
+        # Only as many sessions as fit the memory room are loaded at once; the source graph always races.
+        passing, left_out = memory.fit_race(passing, SOURCE_GRAPH)
+        for c in left_out:
+            c.decide(Verdict.NOT_RACED, "its session would pass the memory limit (--max-memory)")
         log.info("measuring host latency of %d candidates against the source", len(passing))
         latency = race_candidates(
-            self.source, passing, self.ctx.threads, self.data.first(), seconds_per_model=RACE_SECONDS
+            self.source,
+            passing,
+            self.ctx.threads,
+            self.data.first(),
+            rounds=budgeting.race_rounds(len(passing) + 2, 30),
+            seconds_per_model=RACE_SECONDS,
         )
         self.ctx.record(
             "search",

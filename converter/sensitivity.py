@@ -1,7 +1,8 @@
 """Per-node sensitivity: how much error each node adds when the model is quantized.
 
-One pass, whatever the model's size: the float model and a fully quantized candidate both run
-on a few samples with every intermediate tensor exposed, and each node's *local* error is the
+One pass, whatever the model's size: the float model and a fully quantized candidate run in step
+on a few samples with their intermediate tensors exposed, a chunk of tensors at a time sized to the
+memory limit (:mod:`converter.memory`), keeping two running sums per tensor; and each node's *local* error is the
 relative error of its output (as its consumers see it, after any QDQ pair) minus the worst
 relative error of its inputs — the error that node and the quantization of its output added on
 top of what reached it. Quantizers keep the names of the tensors nodes produce, so tensors match
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter import memory
 from converter.calibration import Dataset
 from converter.errors import first_line
 from converter.runtime import make_session
@@ -82,62 +84,128 @@ class Sensitivity:
         return sorted(self.loss, key=lambda n: -self.loss[n])
 
 
-def _expose_all(path: Path, out: Path) -> list[str]:
-    """Save a copy whose outputs include every float tensor a node produces; returns their names."""
+#: share of the memory room one chunk of exposed tensors may use: for one sample, the float model's
+#: copies, the quantized model's copies and their dequantized twins, plus one difference at a time.
+CHUNK_SHARE = 0.5
+#: bytes per exposed tensor held at once in a chunk (float, quantized, dequantized, difference).
+COPIES = 4
+
+
+def _float_tensors(model: object) -> list[str]:
+    """Names of the float tensors nodes produce (unknown types count as float), in graph order."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    model = onnx.load(str(path))
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(model)  # type: ignore[arg-type]
     except Exception:
-        log.debug("shape inference failed for %s", path.name)
-    types = {
-        v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)
-    }
-    existing = {o.name for o in model.graph.output}
-    names = []
-    for node in model.graph.node:
-        for name in node.output:
-            if name and name not in existing and types.get(name, TensorProto.FLOAT) == TensorProto.FLOAT:
-                model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-                names.append(name)
-    onnx.save_model(model, str(out))
-    return names
+        log.debug("shape inference failed; every node output counts as float")
+        inferred = model
+    graph = inferred.graph  # type: ignore[attr-defined]
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output)}
+    return [
+        name
+        for node in graph.node
+        for name in node.output
+        if name and types.get(name, TensorProto.FLOAT) == TensorProto.FLOAT
+    ]
 
 
-def _activations(path: Path, workdir: Path, tag: str, data: Dataset, threads: int) -> dict[str, np.ndarray]:
-    exposed = workdir / f"sensitivity-{tag}.onnx"
-    _expose_all(path, exposed)
-    session = make_session(exposed, threads, optimization_level="disable")
-    names = [o.name for o in session.get_outputs()]
-    collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feeds in data.batches(1):
-        try:
-            outs = session.run(None, feeds)
-        except Exception as exc:  # an output that cannot be exposed: fall back to no ranking
-            log.warning("sensitivity: cannot run %s with exposed tensors: %s", path.name, first_line(exc))
-            return {}
-        for n, o in zip(names, outs, strict=True):
-            collected[n].append(np.asarray(o, dtype=np.float64).reshape(-1))
-    return {n: np.concatenate(v) for n, v in collected.items() if v}
+class _Exposer:
+    """Copies of one model whose outputs are a chosen group of its intermediate tensors."""
+
+    def __init__(self, path: Path, workdir: Path, tag: str, threads: int) -> None:
+        import onnx
+
+        self.model = onnx.load(str(path))
+        self.produced = {o for n in self.model.graph.node for o in n.output if o}
+        self.originals = len(self.model.graph.output)
+        self.path = workdir / f"sensitivity-{tag}.onnx"
+        self.threads = threads
+
+    def session(self, names: list[str]) -> object:
+        import onnx
+        from onnx import TensorProto, helper
+
+        outputs = self.model.graph.output
+        del outputs[self.originals :]
+        present = {o.name for o in outputs}
+        for name in names:
+            if name in self.produced and name not in present:
+                outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+                present.add(name)
+        onnx.save_model(self.model, str(self.path))
+        return make_session(self.path, self.threads, optimization_level="disable")
+
+
+def _squared(x: np.ndarray) -> float:
+    flat = np.asarray(x, dtype=np.float32).reshape(-1)
+    return float(np.dot(flat.astype(np.float64, copy=False), flat)) if flat.size else 0.0
+
+
+def _errors(
+    float_path: Path, quant_path: Path, workdir: Path, data: Dataset, threads: int
+) -> tuple[dict[str, float], list[str]]:
+    """Relative error of every float tensor as consumers see it (after its QDQ pair, if any).
+
+    The float and the quantized model run sample by sample in step, each exposing only a chunk of
+    tensors sized to the memory room; per tensor only two running sums are kept. Returns the
+    errors and the tensors skipped because one sample's copies of them alone would not fit.
+    """
+    floats = _Exposer(float_path, workdir, "float", threads)
+    quants = _Exposer(quant_path, workdir, "quant", threads)
+    names = [
+        n for n in _float_tensors(floats.model) if n in quants.produced or n + DQ_SUFFIX in quants.produced
+    ]
+    sizes = memory.tensor_bytes(memory.concrete_shapes(float_path, data.first()))
+    fallback = max(sizes.values(), default=1 * memory.MB)
+    room = memory.active().share(CHUNK_SHARE)
+    too_big = [n for n in names if COPIES * sizes.get(n, fallback) > room]
+    fitting = [n for n in names if n not in set(too_big)]
+    groups = memory.chunks_within(sizes, fitting, max(1, room // COPIES), fallback)
+    log.info(
+        "sensitivity: %d tensors in %d chunk(s) of at most %.0f MB per sample%s",
+        len(fitting),
+        len(groups),
+        room / COPIES / memory.MB,
+        f"; {len(too_big)} too big to compare" if too_big else "",
+    )
+    err2: dict[str, float] = {}
+    ref2: dict[str, float] = {}
+    for group in groups:
+        seen = {n: n + DQ_SUFFIX if n + DQ_SUFFIX in quants.produced else n for n in group}
+        ref_session = floats.session(group)
+        got_session = quants.session(list(seen.values()))
+        ref_names = [o.name for o in ref_session.get_outputs()]  # type: ignore[attr-defined]
+        got_names = [o.name for o in got_session.get_outputs()]  # type: ignore[attr-defined]
+        for feeds in data.batches(1):
+            ref = dict(zip(ref_names, ref_session.run(None, feeds), strict=True))  # type: ignore[attr-defined]
+            got = dict(zip(got_names, got_session.run(None, feeds), strict=True))  # type: ignore[attr-defined]
+            for name in group:
+                r, g = ref.get(name), got.get(seen[name])
+                if r is None or g is None or np.shape(r) != np.shape(g):
+                    continue
+                err2[name] = err2.get(name, 0.0) + _squared(np.subtract(g, r, dtype=np.float32))
+                ref2[name] = ref2.get(name, 0.0) + _squared(r)
+            del ref, got
+    errors = {n: float(np.sqrt(err2[n] / max(ref2[n], 1e-24))) for n in err2}
+    return errors, too_big
 
 
 def measure(float_path: Path, quant_path: Path, workdir: Path, data: Dataset, threads: int) -> Sensitivity:
     import onnx
 
     sample = data.take(SENSITIVITY_SAMPLES)
-    ref = _activations(float_path, workdir, "float", sample, threads)
-    got = _activations(quant_path, workdir, "quant", sample, threads)
-    if not ref or not got:
+    try:
+        errors, skipped = _errors(float_path, quant_path, workdir, sample, threads)
+    except Exception as exc:  # an output that cannot be exposed: fall back to no ranking
+        log.warning("sensitivity: cannot run %s with exposed tensors: %s", quant_path.name, first_line(exc))
+        return Sensitivity({})
+    if not errors:
         return Sensitivity({})
 
     def rel(name: str) -> float:
-        """Relative error of a tensor as consumers see it (after its QDQ pair, if it has one)."""
-        seen = name + DQ_SUFFIX if name + DQ_SUFFIX in got else name
-        if name not in ref or seen not in got or ref[name].shape != got[seen].shape:
-            return 0.0
-        return float(np.linalg.norm(got[seen] - ref[name]) / max(np.linalg.norm(ref[name]), 1e-12))
+        return errors.get(name, 0.0)
 
     loss: dict[str, float] = {}
     ops: dict[str, str] = {}
@@ -148,7 +216,10 @@ def measure(float_path: Path, quant_path: Path, workdir: Path, data: Dataset, th
         in_err = max((rel(i) for i in node.input if i), default=0.0)
         loss[node.name] = max(0.0, out_err - in_err)
         ops[node.name] = node.op_type
-    return Sensitivity(loss, ops)
+    metric = Sensitivity.metric
+    if skipped:
+        metric += f" ({len(skipped)} tensors too big for the memory limit were not compared)"
+    return Sensitivity(loss, ops, metric)
 
 
 def refine(

@@ -23,13 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from converter import budget
 from converter.calibration import Dataset
 from converter.runtime import make_session
 
 log = logging.getLogger(__name__)
 
-#: calibration samples whose channel ranges set the scales (one call each, like a served request).
+#: calibration samples whose channel ranges set the scales (one call each, like a served request)...
 SAMPLES = 256
+#: ...or as many as fit this share of the time budget, and at least this many.
+TIME_SHARE = 0.05
+MIN_SAMPLES = 16
 #: rows (tokens, batch items) per activation kept for the simulation, to bound time and memory.
 MAX_ROWS = 1024
 #: a channel's range is taken as at least this share of the median channel's: a channel that was
@@ -100,7 +104,8 @@ def smooth(src: Path, out: Path, data: Dataset, threads: int, workdir: Path) -> 
     if not groups:
         return Smoothed(src)
     inits = {i.name: i for i in model.graph.initializer}
-    ranges, activations = _collect(src, workdir, [g.activation for g in groups], data.take(SAMPLES), threads)
+    samples = budget.samples_within(TIME_SHARE, min(len(data), SAMPLES), MIN_SAMPLES)
+    ranges, activations = _collect(src, workdir, [g.activation for g in groups], data.take(samples), threads)
     alphas: dict[str, float] = {}
     errors: dict[str, tuple[float, float]] = {}
     scales: dict[str, np.ndarray] = {}

@@ -19,6 +19,7 @@ import logging
 import platform
 from dataclasses import dataclass
 
+from converter import budget as budgeting
 from converter.candidates import (
     SOURCE,
     SOURCE_GRAPH,
@@ -51,7 +52,11 @@ class Config:
 
 
 def configure(ctx: PassContext) -> Config:
-    return Config(max_model_mb=ctx.profile.max_model_mb, gate_latency=ctx.profile.accelerator == "cpu")
+    return Config(
+        rounds=budgeting.race_rounds(3, Config.rounds),
+        max_model_mb=ctx.profile.max_model_mb,
+        gate_latency=ctx.profile.accelerator == "cpu",
+    )
 
 
 def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact:
