@@ -18,7 +18,11 @@ def test_every_change_is_recorded_with_who_what_when_and_where(live_fleet: LiveF
         op = admin.post("/api/v1/tokens", json={"role": "operator", "name": "ops"}).json()
     with live_fleet.http(op["token"], source="127.0.0.3") as c:
         assert (
-            c.post("/api/v1/devices", json={"device_id": "cam-1", "labels": {"site": "a"}}).status_code == 201
+            c.post(
+                "/api/v1/devices",
+                json={"device_id": "cam-1", "labels": {"site": "a"}, "profile": "x86-server"},
+            ).status_code
+            == 201
         )
         assert c.patch("/api/v1/devices/cam-1", json={"labels": {"site": "b"}}).status_code == 200
         # a change that fails changes nothing and records nothing

@@ -156,7 +156,9 @@ def test_big_bundle_goes_up_in_parts_and_comes_down_in_ranges(
     assert head["ETag"].endswith('-3"'), head["ETag"]  # a multipart upload of three parts
     assert not list((tmp_path / "stage").iterdir())
 
-    token = client.post("/api/v1/devices", json={"device_id": "cam-1"}, headers=admin).json()["token"]
+    token = client.post(
+        "/api/v1/devices", json={"device_id": "cam-1", "profile": "x86-server"}, headers=admin
+    ).json()["token"]
     # a device token downloads only what its desired state names: a rollout gives it the bundle
     assert client.post("/api/v1/rollouts", json={"bundle_id": b["id"]}, headers=admin).status_code == 201
     ctx.controller.tick()
@@ -255,7 +257,7 @@ def test_serve_on_s3_device_downloads_its_bundle(
     with run_fleet(tmp_path / "fleet", args, env=env) as fleet, contextlib.ExitStack() as stack:
         api = httpx.Client(base_url=fleet.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         b = upload(api, make_bundle(tmp_path / "src", signing_key), {})
-        creds = api.post("/api/v1/devices", json={"device_id": "edge-1"}).json()
+        creds = api.post("/api/v1/devices", json={"device_id": "edge-1", "profile": "x86-server"}).json()
         assert api.post("/api/v1/rollouts", json={"bundle_id": b["id"]}).status_code == 201
         wait_until(
             lambda: api.get("/api/v1/devices/edge-1").json()["desired_models"], what="the desired state"
