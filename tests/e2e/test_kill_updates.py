@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from tests.support.delivery import (
     outbox_last_seq,
     stored_event_seqs,
 )
+from tests.support.disk import small_tmpfs
 from tests.support.fleet_proc import admin_token, run_fleet
 from tests.support.mosquitto import DYNSEC_PLUGIN, free_port, run_mosquitto
 from tests.support.throttle import ThrottledProxy
@@ -204,19 +204,8 @@ def test_200_kills_during_updates(stack: Stack) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 40 MiB tmpfs for the agent's data folder (needs root and mount; skipped with the reason)."""
-    mount_point = tmp_path / "edge-kill"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem for the full-disk test needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "edge-kill", "40m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack) -> None:

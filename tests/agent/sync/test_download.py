@@ -11,6 +11,7 @@ import pytest
 from agent.sync.download import BundleDownloader, DownloadError
 from sdk.errors import AuthError, BundleTooLargeError, IntegrityError, ModelStoreError
 from tests.agent.sync.support import BundleServer
+from tests.support.disk import small_tmpfs
 
 TOKEN = "tok"
 
@@ -127,22 +128,8 @@ def test_a_complete_earlier_download_is_reused_and_a_damaged_one_replaced(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs: smaller than the ~1 MB bundle (needs root and mount; skipped with the reason)."""
-    import os
-    import subprocess
-
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "512k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_bundle_the_disk_cannot_hold_is_refused_before_a_byte_is_written(
