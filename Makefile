@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # Reinstall when the dependencies change: the stamp is named after pyproject.toml's hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+# Two workers, one test file each at a time: the suite runs in about half the time (10 min on 2 cores
+# instead of 17); `make test PYTEST_PARALLEL=` runs it serially.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: install system-deps test test-all lint demo bench clean
 
@@ -30,11 +33,11 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-all: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 demo: $(STAMP) system-deps
 	$(PY) scripts/demo.py
