@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -75,6 +75,10 @@ class DesiredModel(BaseModel):
     #: the fleet authorizes activating this version even if the device has verified a newer one
     #: (a rollback). Honoured only in a desired state signed by the pinned fleet key.
     allow_downgrade: bool = False
+    #: shadow evaluation: install and verify this version beside the active one of the same name,
+    #: mirror a sample of live requests to it off the request path and report how it compares
+    #: (ModelTelemetry.shadow); it answers no caller and never becomes active by itself.
+    shadow: bool = False
 
     @field_validator("name", "version")
     @classmethod
@@ -150,6 +154,106 @@ def offline_status() -> Status:
 # -------------------------------------------------------------------------------------- telemetry
 
 
+#: a share between 0 and 1
+Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+#: a finite non-negative figure (errors, drift)
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: classes a confusion matrix is sent for: 64 x 64 counts stay far below the payload cap
+MAX_CONFUSION_CLASSES = 64
+
+
+class ClassQuality(BaseModel):
+    """One class of a classifier over one window, from the labels fed back."""
+
+    model_config = ConfigDict(extra="allow")
+
+    label: str = Field(max_length=MAX_NAME)
+    #: labelled samples whose true class is this one
+    support: int = Field(ge=0, le=MAX_INT)
+    precision: Ratio | None = None
+    recall: Ratio | None = None
+    f1: Ratio | None = None
+
+
+class GroupQuality(BaseModel):
+    """One group (the ``group`` request parameter: a site, scanner, age band) over one window."""
+
+    model_config = ConfigDict(extra="allow")
+
+    group: str = Field(max_length=MAX_NAME)
+    samples: int = Field(ge=0, le=MAX_INT)
+    #: fewer than ``ModelQuality.min_samples`` samples: no figure is sent for this group
+    suppressed: bool = False
+    #: share of predictions of the positive class (fairlearn's selection rate)
+    selection_rate: Ratio | None = None
+    accuracy: Ratio | None = None
+    recall: Ratio | None = None
+
+
+class ModelQuality(BaseModel):
+    """Monitoring aggregates of one model version over one window; never an input, output, label or
+    request id. Every figure is over at least ``min_samples`` samples, else it is left out."""
+
+    model_config = ConfigDict(extra="allow")
+
+    window_s: float = Field(gt=0, le=30 * 86_400, allow_inf_nan=False)
+    #: predictions made in the window, and how many of them got a label fed back
+    samples: int = Field(ge=0, le=MAX_INT)
+    labeled: int = Field(ge=0, le=MAX_INT)
+    #: k: the smallest count any figure (or group) is computed over
+    min_samples: int = Field(ge=1, le=MAX_INT)
+    # classifiers, measured on labels fed back
+    accuracy: Ratio | None = None
+    macro_precision: Ratio | None = None
+    macro_recall: Ratio | None = None
+    macro_f1: Ratio | None = None
+    classes: list[ClassQuality] = Field(default_factory=list, max_length=MAX_ITEMS)
+    #: rows: true class, columns: predicted class, in ``classes`` order
+    confusion: list[list[int]] | None = Field(None, max_length=MAX_CONFUSION_CLASSES)
+    # regression outputs, measured on labels fed back
+    mae: Amount | None = None
+    rmse: Amount | None = None
+    #: accuracy estimated without labels from the model's calibrated confidence (CBPE)
+    estimated_accuracy: Ratio | None = None
+    #: population stability index of the predicted class (or output) distribution vs the reference
+    prediction_drift: Amount | None = None
+    #: data quality: share of input values that are NaN, and outside the reference ranges
+    nan_share: Ratio | None = None
+    out_of_range_share: Ratio | None = None
+    groups: list[GroupQuality] = Field(default_factory=list, max_length=MAX_ITEMS)
+    #: fairlearn's definitions over the groups that are not suppressed
+    demographic_parity_difference: Ratio | None = None
+    equal_opportunity_difference: Ratio | None = None
+
+    @field_validator("confusion")
+    @classmethod
+    def _square_counts(cls, v: list[list[int]] | None) -> list[list[int]] | None:
+        if v is not None and any(len(row) != len(v) or min(row, default=0) < 0 for row in v):
+            raise ValueError("confusion must be a square matrix of counts")
+        return v
+
+
+class ShadowQuality(BaseModel):
+    """A shadow version (DesiredModel.shadow) compared with the active one on mirrored requests."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str = Field(max_length=MAX_NAME)
+    #: mirrored requests both versions answered in the window
+    samples: int = Field(ge=0, le=MAX_INT)
+    #: share of mirrored requests where both versions agree (argmax, or within tolerance)
+    agreement: Ratio | None = None
+    latency_ms_p50: Amount | None = None
+    latency_ms_p99: Amount | None = None
+    #: the active version's latency on the same mirrored requests, measured the same way
+    active_latency_ms_p50: Amount | None = None
+    active_latency_ms_p99: Amount | None = None
+    #: both versions' accuracy on mirrored requests that got a label fed back
+    accuracy: Ratio | None = None
+    active_accuracy: Ratio | None = None
+    errors: int = Field(0, ge=0, le=MAX_INT)
+
+
 class ModelTelemetry(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -162,6 +266,10 @@ class ModelTelemetry(BaseModel):
     latency_ms_p99: float | None = Field(None, ge=0, allow_inf_nan=False)
     #: per tensor: population stability index of live data vs the manifest's reference.
     drift: dict[str, float] = Field(default_factory=dict, max_length=MAX_ITEMS)
+    #: monitoring of this version over the window (issue 9), when the agent has any to send
+    quality: ModelQuality | None = None
+    #: a shadow version of this model being evaluated beside it
+    shadow: ShadowQuality | None = None
 
     @field_validator("drift")
     @classmethod
