@@ -65,6 +65,7 @@ class Stack:
     key: keys.Ed25519PrivateKey
     db_path: Path
     pub: Path
+    proxy: ThrottledProxy
 
     @property
     def data_dir(self) -> Path:
@@ -101,7 +102,7 @@ def stack(tmp_path: Path, signing_key) -> Iterator[Stack]:  # type: ignore[no-un
             creds = client.register_device(DEVICE, labels={"site": "kill"}, profile="x86-server")
             pub = tmp_path / "keys" / "signing.pub"
             agent = device_agent(creds, tmp_path, fleet_url=proxy.url, broker_url=broker.url, trust_key=pub)
-            stack = Stack(tmp_path, client, agent, signing_key, db_path, pub)
+            stack = Stack(tmp_path, client, agent, signing_key, db_path, pub, proxy)
             agent.start()
             try:
                 yield stack
@@ -212,7 +213,10 @@ def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack)
     first = stack.release(1, pad_bytes=1024)
     wait(lambda: stack.rollout_state(first) == "succeeded", 120, "the first rollout")
     assert stack.data_dir.is_relative_to(small_disk)
-    # Fill the disk while the download of 1.2.0 runs: the room it counted on is gone.
+    # Fill the disk while the download of 1.2.0 runs: the room it counted on is gone. The proxy
+    # holds the body half way, so the disk fills before the download can finish however slowly
+    # this test runs (in CI, on a loaded machine, the download once won that race).
+    stack.proxy.hold(PAD_BYTES // 2)
     rollout = stack.release(2, pad_bytes=PAD_BYTES)
     assert _wait_for_phase(stack, "download", 2, rollout)
     ballast = small_disk / "ballast"
@@ -223,6 +227,7 @@ def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack)
                 f.flush()
         except OSError:
             pass
+    stack.proxy.release()
     wait(lambda: stack.rollout_state(rollout) in ("rolled_back", "failed"), 120, "the rollout to fail")
     assert stack.agent.infer() == answer(1)
     assert active_version(stack.data_dir, MODEL) == "1.1.0"

@@ -23,6 +23,10 @@ class ThrottledProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate = rate_bytes_s
         self.chunk = chunk
+        #: bodies stop after ``hold_after`` bytes until ``release()``: a test can act in the middle
+        #: of a download however slowly it runs, instead of racing the transfer
+        self.hold_after: int | None = None
+        self._released = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +51,10 @@ class ThrottledProxy:
                     while block := upstream.read(proxy.chunk):
                         self.wfile.write(block)
                         sent += len(block)
+                        if proxy.hold_after is not None and sent >= proxy.hold_after:
+                            self.wfile.flush()
+                            proxy._released.wait(120)
+                            started = time.monotonic() - sent / proxy.rate
                         ahead = sent / proxy.rate - (time.monotonic() - started)
                         if ahead > 0:
                             time.sleep(ahead)
@@ -66,10 +74,20 @@ class ThrottledProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="throttle", daemon=True)
 
+    def hold(self, after_bytes: int) -> None:
+        """Stop every body after ``after_bytes`` bytes until :meth:`release`."""
+        self._released.clear()
+        self.hold_after = after_bytes
+
+    def release(self) -> None:
+        self.hold_after = None
+        self._released.set()
+
     def __enter__(self) -> ThrottledProxy:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
