@@ -89,7 +89,7 @@ def test_images_are_slim_non_root_and_health_checked(name: str) -> None:
     # only the package's own wheel travels to the final image; the build stage's sources stay behind
     assert not any(k == "COPY" and "--from=build" not in v for k, v in final)
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
-    assert version and f"EDGEFLEET_VERSION={version.group(1)}" in text, "the image installs this version"
+    assert version and f"PACKAGE_VERSION={version.group(1)}" in text, "the image installs this version"
 
 
 #: the installed copy alone: no PYTHONPATH pointing back at the source tree
@@ -133,12 +133,19 @@ def test_the_agent_images_install_steps_give_an_agent_without_heavy_packages(tmp
     )
 
     install = next(v for k, v in final if k == "RUN" and "pip install" in v)
-    requirement = re.search(r'"(edgefleet\[agent\])==\$\{EDGEFLEET_VERSION\}"', install)
+    version = next(v.split("=", 1)[1] for k, v in final if k == "ARG" and v.startswith("PACKAGE_VERSION="))
+    requirement = re.search(
+        r'"/wheels/(edgefleet-\$\{PACKAGE_VERSION\}-py3-none-any\.whl)\[agent\]"', install
+    )
     assert requirement, install
+    wheel = wheels / requirement.group(1).replace("${PACKAGE_VERSION}", version)
+    assert wheel.is_file(), (
+        f"the build stage makes {sorted(p.name for p in wheels.iterdir())}, not {wheel.name}"
+    )
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    _run([*pip, "--python", str(py), "install", "--quiet", "--find-links", str(wheels), requirement.group(1)])
+    _run([*pip, "--python", str(py), "install", "--quiet", f"{wheel}[agent]"])
     listed = _run([*pip, "--python", str(py), "list", "--format=freeze"]).stdout
     installed = {line.split("==")[0].lower().replace("_", "-") for line in listed.splitlines()}
     assert not (installed & FORBIDDEN), f"the agent image would carry {sorted(installed & FORBIDDEN)}"
