@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
 
         sys.stderr.write(
-            "\n==> the fleet is up. Open the dashboard and paste the admin token:\n\n"
+            "\n==> the fleet is up"
+            + (" (--once: it stops after one round of traffic)" if args.once else "")
+            + ". Open the dashboard and paste the admin token:\n\n"
             f"    dashboard:   {fleet_url}/\n"
             f"    admin token: {token}\n"
             f"    (or open {fleet_url}/#token={token})\n\n"

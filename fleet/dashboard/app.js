@@ -7,6 +7,8 @@
 
 const REFRESH_MS = 3000;
 const HISTORY_WINDOW_S = 3600;
+// the most samples a chart asks for (the API's own bound); more in the window: the newest ones
+const HISTORY_LIMIT = 2000;
 let token = localStorage.getItem("edgefleet-token") || "";
 
 // ------------------------------------------------------------------------------------------ helpers
@@ -224,7 +226,7 @@ async function devicePage(id) {
   const [d, health, history] = await Promise.all([
     api(`/devices/${q}`),
     api(`/devices/${q}/health`),
-    api(`/devices/${q}/telemetry?window_s=${HISTORY_WINDOW_S}&limit=720`),
+    api(`/devices/${q}/telemetry?window_s=${HISTORY_WINDOW_S}&limit=${HISTORY_LIMIT}`),
   ]);
   const points = perSecond(history);
   const charts = el("div", null, "charts");
@@ -256,7 +258,9 @@ async function devicePage(id) {
       ["last error", d.last_error],
       ["errors (5 min)", health.error_rate === null ? `${health.errors} of ${health.requests} requests` : `${health.errors} of ${health.requests} requests (${(100 * health.error_rate).toFixed(1)}%)`],
     ]),
-    section(`Telemetry, last ${HISTORY_WINDOW_S / 60} min (${history.length} samples)`, charts),
+    section(history.length >= HISTORY_LIMIT
+      ? `Telemetry, the latest ${history.length} samples`
+      : `Telemetry, last ${HISTORY_WINDOW_S / 60} min (${history.length} samples)`, charts),
     section("Events", table("events", ["Time", "Kind", "Result", "Model", "Revision", "Reason"], events)),
   ];
 }
