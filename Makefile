@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # Reinstall when the dependencies change: the stamp is named after pyproject.toml's hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+# `make demo DEMO_ARGS=--once` runs the loop once and exits (CI); without it the demo runs until Ctrl-C.
+DEMO_ARGS ?=
 # Two workers, one test file each at a time: the suite runs in about half the time (10 min on 2 cores
 # instead of 17); `make test PYTEST_PARALLEL=` runs it serially.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
@@ -40,7 +42,7 @@ test-all: $(STAMP) system-deps
 	$(VENV)/bin/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 demo: $(STAMP) system-deps
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/convert.py

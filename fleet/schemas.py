@@ -77,6 +77,24 @@ class DeviceHealth(BaseModel):
     recent_events: list[dict[str, Any]]
 
 
+class TelemetryPoint(BaseModel):
+    """One telemetry sample of a device; per-model figures are the worst model's."""
+
+    time: float
+    interval_s: float
+    cpu_percent: float | None
+    memory_percent: float | None
+    temperature_c: float | None
+    disk_used_percent: float | None
+    requests: int
+    errors: int
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    latency_ms_p99: float | None
+    #: the largest population stability index of any model's tensor
+    drift: float | None
+
+
 # ------------------------------------------------------------------------------------------ bundles
 
 
@@ -89,6 +107,8 @@ class BundlePublic(_Out):
     size: int
     signer: str
     created_at: float
+    #: the manifest's ``metrics`` (size, host-measured latency, fidelity, accuracy before and after)
+    metrics: dict[str, Any] = Field(default_factory=dict)
 
 
 class BundleDetail(BundlePublic):
@@ -163,6 +183,8 @@ class RolloutPublic(_Out):
     created_at: float
     updated_at: float
     counts: dict[str, int] = Field(default_factory=dict)
+    #: what an operator may do to the rollout in its state (``pause``, ``resume``, ``rollback``)
+    actions: list[str] = Field(default_factory=list)
 
 
 class RolloutDetail(RolloutPublic):

@@ -206,7 +206,9 @@ class RolloutController:
 
         self._start_next(s, rollout, bundle, strategy, rds, now, outbox)
         if not any(DeviceState(rd.state) in ACTIVE_DEVICE_STATES for rd in rds):
-            service.set_state(rollout, RolloutEvent.COMPLETE, f"done: {service.counts(s, rollout.id)}")
+            service.set_state(
+                rollout, RolloutEvent.COMPLETE, service.describe_done(service.counts(s, rollout.id))
+            )
             log.info("rollout %s complete", rollout.id)
 
     def _observe(

@@ -126,6 +126,14 @@ def devices_of(session: Session, rollout_id: str) -> list[RolloutDevice]:
     )
 
 
+def describe_done(counts: dict[str, int]) -> str:
+    """A completed rollout's reason in words: ``done: 3 succeeded, 1 failed``."""
+    order = [s.value for s in DeviceState]
+    ranked = sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    parts = [f"{n} {state.replace('_', ' ')}" for state, n in ranked if n]
+    return "done: " + (", ".join(parts) if parts else "no devices matched")
+
+
 def set_state(rollout: Rollout, event: RolloutEvent, reason: str | None = None) -> None:
     rollout.state = rollout_transition(rollout.state, event).value
     rollout.updated_at = time.time()

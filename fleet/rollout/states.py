@@ -83,6 +83,15 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
 }
 
 
+#: the events an operator may send (the controller alone completes a rollout)
+OPERATOR_EVENTS = (RE.PAUSE, RE.RESUME, RE.ROLLBACK)
+
+
+def operator_actions(state: RolloutState | str) -> list[str]:
+    """What an operator may do to a rollout in ``state``: the dashboard offers only these."""
+    return [e.value for e in OPERATOR_EVENTS if (RolloutState(state), e) in ROLLOUT_TRANSITIONS]
+
+
 def device_transition(state: DeviceState | str, event: DeviceEvent) -> DeviceState:
     # the database stores the state's value; the table is keyed by the enum
     return transition(DEVICE_TRANSITIONS, DeviceState(state), event, machine="device", error=ConflictError)

@@ -179,7 +179,7 @@ def run_mosquitto(
     (username, password) loads the dynamic security plugin with that admin client, anonymous off;
     ``username_as_clientid`` makes the broker use each client's username as its client id, the
     password-file way to stop one device from disconnecting another (dynsec pins client ids itself).
-    Packets above :data:`sdk.topics.MAX_PACKET_BYTES` are refused, as in ``deploy/mosquitto.yaml``.
+    Packets above :data:`sdk.topics.MAX_PACKET_BYTES` are refused, as in ``deploy/k8s/mosquitto.yaml``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     mosquitto_binary()  # install or skip before writing any config

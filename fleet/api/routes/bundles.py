@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -14,6 +15,7 @@ from fleet import audit, bundles
 from fleet.api.deps import ActorDep, ContextDep, DeviceOrViewerDep, OperatorDep, SessionDep, ViewerDep
 from fleet.api.download import bundle_response, check_device_may_download
 from fleet.context import FleetContext
+from fleet.db.models import Bundle
 from fleet.errors import PayloadTooLargeError
 from fleet.rollout import downloads
 from fleet.schemas import BundleDetail, BundlePublic
@@ -73,6 +75,15 @@ async def upload_bundle(request: Request, ctx: ContextDep, actor: ActorDep, _: O
     return await run_in_threadpool(_store, ctx, staged, actor)
 
 
+def _metrics(bundle: Bundle) -> dict[str, Any]:
+    metrics = (bundle.manifest or {}).get("metrics")
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _public(bundle: Bundle) -> BundlePublic:
+    return BundlePublic.model_validate(bundle).model_copy(update={"metrics": _metrics(bundle)})
+
+
 def _store(ctx: FleetContext, staged: Path, actor: audit.Actor) -> BundlePublic:
     with ctx.db.session() as session:
         bundle = bundles.store_upload(session, ctx.storage, staged, ctx.trusted_keys)
@@ -86,17 +97,18 @@ def _store(ctx: FleetContext, staged: Path, actor: audit.Actor) -> BundlePublic:
             profile=bundle.profile,
             sha256=bundle.sha256,
         )
-        return BundlePublic.model_validate(bundle)
+        return _public(bundle)
 
 
 @router.get("", response_model=list[BundlePublic])
 def list_bundles(session: SessionDep, _: ViewerDep) -> list[BundlePublic]:
-    return [BundlePublic.model_validate(b) for b in bundles.list_bundles(session)]
+    return [_public(b) for b in bundles.list_bundles(session)]
 
 
 @router.get("/{bundle_id}", response_model=BundleDetail)
 def get_bundle(bundle_id: str, session: SessionDep, _: ViewerDep) -> BundleDetail:
-    return BundleDetail.model_validate(bundles.get(session, bundle_id))
+    bundle = bundles.get(session, bundle_id)
+    return BundleDetail.model_validate(bundle).model_copy(update={"metrics": _metrics(bundle)})
 
 
 @router.get(

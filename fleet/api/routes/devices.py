@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from fleet import audit, devices
+from fleet import audit, devices, telemetry_history
 from fleet.api.deps import (
     ActorDep,
     AdminDep,
@@ -17,7 +17,7 @@ from fleet.api.deps import (
     ViewerDep,
 )
 from fleet.errors import ForbiddenError
-from fleet.schemas import DeviceCreate, DeviceHealth, DevicePublic, DeviceUpdate
+from fleet.schemas import DeviceCreate, DeviceHealth, DevicePublic, DeviceUpdate, TelemetryPoint
 from sdk.credentials import DeviceCredentials
 from sdk.errors import ConfigError
 
@@ -101,3 +101,17 @@ def device_health(
     device_id: str, session: SessionDep, _: ViewerDep, window_s: Annotated[float, Query(gt=0)] = 300.0
 ) -> DeviceHealth:
     return devices.health(session, device_id, window_s)
+
+
+@router.get("/{device_id}/telemetry", response_model=list[TelemetryPoint])
+def device_telemetry(
+    device_id: str,
+    session: SessionDep,
+    _: ViewerDep,
+    window_s: Annotated[float, Query(gt=0, le=31 * 86_400)] = 3600.0,
+    limit: Annotated[int, Query(ge=1, le=telemetry_history.MAX_POINTS)] = 500,
+) -> list[TelemetryPoint]:
+    """The device's telemetry samples of the last ``window_s`` seconds, oldest first (the newest
+    ``limit`` when there are more): CPU, memory, temperature, disk, requests, errors, the worst
+    model's latency percentiles and drift."""
+    return telemetry_history.history(session, device_id, window_s, limit)

@@ -10,7 +10,7 @@ from fleet import audit
 from fleet.api.deps import ActorDep, ContextDep, OperatorDep, SessionDep, ViewerDep
 from fleet.db.models import Rollout
 from fleet.rollout import service
-from fleet.rollout.states import RolloutEvent
+from fleet.rollout.states import RolloutEvent, operator_actions
 from fleet.schemas import RolloutCreate, RolloutDetail, RolloutDevicePublic, RolloutPublic
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
@@ -19,6 +19,7 @@ router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 def _public(session: Session, rollout: Rollout) -> RolloutPublic:
     out = RolloutPublic.model_validate(rollout)
     out.counts = service.counts(session, rollout.id)
+    out.actions = operator_actions(rollout.state)
     return out
 
 
