@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import bindparam, case, delete, select, text, update
 from sqlalchemy import types as sa_types
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -24,12 +25,27 @@ from sqlalchemy.orm import Session
 
 from fleet.db.models import Device, TelemetrySample
 from sdk.errors import ConfigError
-from sdk.messages import ModelTelemetry, Telemetry
+from sdk.messages import Telemetry
 
 log = logging.getLogger(__name__)
 DEVICES = Device.__table__
 SAMPLES = TelemetrySample.__table__
-_MODEL_FIELDS = set(ModelTelemetry.model_fields)
+
+
+def declared(value: Any) -> Any:
+    """``value`` as JSON data with only the fields its schema declares, at every depth, and no Nones.
+
+    The telemetry schemas allow extra fields (newer agents may send more); storing them would let
+    a device store anything it likes, so the fleet keeps what it knows.
+    """
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        return {k: declared(v) for k in fields if (v := getattr(value, k)) is not None}
+    if isinstance(value, list):
+        return [declared(v) for v in value]
+    if isinstance(value, dict):
+        return {k: declared(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,8 +82,7 @@ def sample_row(device_id: str, msg: Telemetry, received_at: float) -> dict[str, 
         "requests": requests,
         "errors": errors,
         "latency_ms_p95": p95,
-        # declared fields only: unknown extras would let a device store anything it likes
-        "models": [m.model_dump(include=_MODEL_FIELDS, exclude_none=True) for m in msg.models],
+        "models": [declared(m) for m in msg.models],
     }
 
 

@@ -89,6 +89,7 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
         selector=sel.model_dump(),
         strategy=data.strategy.model_dump(),
         gates=data.gates.model_dump(),
+        alert_thresholds=data.alerts.model_dump(exclude_none=True) if data.alerts else None,
     )
     session.add(rollout)
     session.flush()
