@@ -14,7 +14,7 @@ import numpy as np
 
 from sdk import keys
 from sdk.bundle import write_bundle
-from sdk.manifest import Manifest, Smoke, SourceInfo, TensorSpec
+from sdk.manifest import Manifest, Metrics, Smoke, SourceInfo, TensorSpec
 from sdk.tensors import EncodedTensor
 
 
@@ -51,6 +51,7 @@ def make_bundle(
     broken: bool = False,
     scale: float = 2.0,
     pad_bytes: int = 0,
+    metrics: Metrics | None = None,
 ) -> Path:
     """``pad_bytes`` adds a listed file of random bytes (``pad.bin``, incompressible), so the
     bundle is that much larger to download, hash and unpack."""
@@ -71,6 +72,7 @@ def make_bundle(
         inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 4])],
         smoke=Smoke(inputs={"x": EncodedTensor.from_numpy(x)}, outputs={"y": EncodedTensor.from_numpy(y)}),
+        metrics=metrics or Metrics(),
     )
     files: dict[str, Path] = {"model.onnx": model}
     if pad_bytes:
