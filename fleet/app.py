@@ -232,7 +232,7 @@ def create_app(
 
     @app.get("/dashboard/{name}", include_in_schema=False)
     def dashboard_asset(name: str) -> FileResponse:
-        if name not in ("app.js", "style.css"):
+        if name not in ("app.js", "alerts.js", "style.css"):
             raise StarletteHTTPException(404, f"no dashboard file {name}")
         return FileResponse(DASHBOARD / name)
 

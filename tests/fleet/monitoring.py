@@ -51,6 +51,7 @@ class Sender:
         quality: ModelQuality | None = None,
         shadow: ShadowQuality | None = None,
         model: str = "tiny",
+        tensor: str = "x",
     ) -> tuple[str, bytes]:
         self.seq += 1
         m = ModelTelemetry(
@@ -60,7 +61,7 @@ class Sender:
             errors=errors,
             latency_ms_p50=p99 / 2 if p99 else None,
             latency_ms_p99=p99,
-            drift={"x": psi} if psi is not None else {},
+            drift={tensor: psi} if psi is not None else {},
             quality=quality,
             shadow=shadow,
         )
