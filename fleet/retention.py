@@ -27,10 +27,18 @@ class Retention:
     events_per_device: int = 0
     #: alerts resolved longer ago than this are deleted (0 keeps them); open ones always stay
     alerts_s: float = 0.0
+    #: each device keeps at most its newest this many resolved alerts (0: no limit)
+    alerts_per_device: int = 0
 
     @classmethod
     def from_settings(cls, s: FleetSettings) -> Retention:
-        return cls(s.telemetry_retention_s, s.event_retention_s, s.events_per_device, s.alert_retention_s)
+        return cls(
+            s.telemetry_retention_s,
+            s.event_retention_s,
+            s.events_per_device,
+            s.alert_retention_s,
+            s.alerts_per_device,
+        )
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,9 @@ def prune_device_data(session: Session, policy: Retention, now: float) -> Pruned
         ).subquery()
         beyond = select(newest_first.c.id).where(newest_first.c.rank > policy.events_per_device)
         events += _deleted(session.execute(delete(EventRecord).where(EventRecord.id.in_(beyond))))
-    alerts = alert_store.prune(session, now - policy.alerts_s) if policy.alerts_s > 0 else 0
+    alerts = alert_store.prune(
+        session, now - policy.alerts_s if policy.alerts_s > 0 else None, policy.alerts_per_device
+    )
     return Pruned(samples, events, alerts)
 
 

@@ -115,6 +115,8 @@ class FleetSettings(BaseSettings):
     alert_windows: int = Field(2, ge=1, le=1000)
     #: resolved alerts are deleted this long after they resolved (0 keeps them)
     alert_retention_s: float = Field(7 * 24 * 3600.0, ge=0)
+    #: ... and each device keeps at most its newest this many resolved alerts (0: no limit)
+    alerts_per_device: int = Field(200, ge=0)
     #: POST alert changes in Alertmanager's webhook format to this URL (None: no webhook)
     alert_webhook_url: str | None = None
     alert_webhook_timeout_s: float = Field(5.0, gt=0)

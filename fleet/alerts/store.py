@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from fleet.alerts.rules import Limits, Reading, Reference, readings
@@ -187,10 +187,26 @@ def windows_of(batch: Iterable[tuple[str, Telemetry, float]]) -> list[Window]:
     ]
 
 
-def prune(s: Session, older_than: float) -> int:
-    """Delete alerts resolved before ``older_than``; open ones stay whatever their age."""
-    result = s.execute(delete(Alert).where(Alert.open.is_(None), Alert.since < older_than))
-    return int(getattr(result, "rowcount", 0) or 0)
+def prune(s: Session, older_than: float | None, per_device: int = 0) -> int:
+    """Delete alerts resolved before ``older_than``, and beyond the newest ``per_device`` resolved
+    ones of each device (an alert that flaps opens a new row each time); open ones always stay."""
+    deleted = 0
+    if older_than is not None:
+        result = s.execute(delete(Alert).where(Alert.open.is_(None), Alert.since < older_than))
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    if per_device > 0:
+        newest_first = (
+            select(
+                Alert.id,
+                func.row_number()
+                .over(partition_by=Alert.device_id, order_by=(Alert.since.desc(), Alert.id.desc()))
+                .label("rank"),
+            ).where(Alert.open.is_(None))
+        ).subquery()
+        beyond = select(newest_first.c.id).where(newest_first.c.rank > per_device)
+        result = s.execute(delete(Alert).where(Alert.id.in_(beyond)))
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
 
 
 def forget_device(s: Session, device_id: str) -> None:

@@ -158,9 +158,12 @@ class RolloutController:
         self._pruned_at = now
         with self.db.session() as s:
             pruned = prune_device_data(s, self.retention, now)
-        if pruned.telemetry or pruned.events:
+        if pruned.telemetry or pruned.events or pruned.alerts:
             log.info(
-                "deleted %d telemetry samples and %d events past retention", pruned.telemetry, pruned.events
+                "deleted %d telemetry samples, %d events and %d resolved alerts past retention",
+                pruned.telemetry,
+                pruned.events,
+                pruned.alerts,
             )
 
     # ------------------------------------------------------------------------------------ pass
@@ -357,11 +360,16 @@ class RolloutController:
         devices = {
             d.id: d for d in s.scalars(select(Device).where(Device.id.in_([rd.device_id for rd in to_start])))
         }
-        shadow = Gates.model_validate(rollout.gates).shadow is not None
+        shadow_phase = Gates.model_validate(rollout.gates).shadow is not None
         for rd in to_start:
             device = devices[rd.device_id]
             previous: list[Any] = list(device.desired_models)
             rd.previous_models = previous
+            # a shadow runs beside the active version of its model: a device without one has
+            # nothing to compare with, so it takes the version directly (its bake gates still hold)
+            shadow = shadow_phase and any(
+                m.get("name") == bundle.name and not m.get("shadow") for m in previous
+            )
             rd.revision = desired.set_desired(
                 device, desired.with_bundle(previous, bundle, self.base_url, shadow=shadow)
             )

@@ -3,8 +3,11 @@ pending -> firing -> resolved; /api/v1/alerts and /metrics."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from fleet.retention import Retention, prune_device_data
 from tests.fleet.conftest import Fleet
 from tests.fleet.monitoring import MEASURED, Sender, ingest, quality
 from tests.fleet.test_rollout_controller import controller, create, report
@@ -157,3 +160,17 @@ def test_alert_filters_and_viewer_access(fleet: Fleet) -> None:
     assert r.status_code == 200 and [a["rule"] for a in r.json()] == ["latency"]
     assert fleet.client.get("/api/v1/alerts").status_code == 401
     assert fleet.client.get("/api/v1/alerts", params={"state": "bogus"}, headers=viewer).status_code == 422
+
+
+def test_resolved_alerts_are_pruned_by_count_and_age_and_open_ones_stay(fleet: Fleet) -> None:
+    s = setup(fleet, "d0")["d0"]
+    for _ in range(5):  # a flapping drift alert: fires, resolves, fires again
+        ingest(fleet, [s.window(psi=0.9), s.window(psi=0.9), s.window(psi=0.01)])
+    ingest(fleet, [s.window(psi=0.9), s.window(psi=0.9)])
+    assert [a["state"] for a in alerts(fleet)].count("resolved") == 5
+    with fleet.ctx.db.session() as session:
+        assert prune_device_data(session, Retention(alerts_per_device=2), time.time()).alerts == 3
+    assert [a["state"] for a in alerts(fleet)] == ["firing", "resolved", "resolved"]
+    with fleet.ctx.db.session() as session:
+        assert prune_device_data(session, Retention(alerts_s=60), time.time() + 3600).alerts == 2
+    assert [a["state"] for a in alerts(fleet)] == ["firing"]

@@ -111,3 +111,12 @@ def test_a_worse_shadow_stops_the_rollout_before_the_version_serves_anyone(
     assert served_versions(fleet) == {"1.0.0"}  # 2.0.0 only ever went out as a shadow
     restored = fleet.published.last(canary)
     assert [(m.version, m.shadow) for m in restored.models] == [("1.0.0", False)]
+
+
+def test_a_device_without_an_active_version_has_nothing_to_shadow_and_updates(fleet: Fleet) -> None:
+    fleet.register("fresh")
+    b = fleet.upload(version="2.0.0", metrics=MEASURED)
+    rid = create(fleet, b["id"], gates={"shadow": SHADOW})
+    controller(fleet).tick()
+    assert states(fleet, rid) == {"fresh": "updating"}
+    assert [(m.version, m.shadow) for m in fleet.published.last("fresh").models] == [("2.0.0", False)]
