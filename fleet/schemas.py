@@ -287,6 +287,27 @@ class AuditPage(BaseModel):
 # ------------------------------------------------------------------------------------------- alerts
 
 
+class AlertSelector(_In):
+    """Devices whose labels include all of ``labels``; only ``model`` if given."""
+
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    model: str | None = Field(None, max_length=128)
+
+
+class AlertPolicyIn(_In):
+    selector: AlertSelector = Field(default_factory=AlertSelector)
+    thresholds: AlertThresholds
+
+
+class AlertPolicyPublic(_Out):
+    name: str
+    labels: dict[str, Any]
+    model: str | None
+    thresholds: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
 class AlertPublic(_Out):
     id: int
     #: drift, accuracy, bias or latency

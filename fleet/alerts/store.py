@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from fleet.alerts.rules import Limits, Reading, Reference, readings
-from fleet.db.models import Alert, Bundle, Device, Rollout, RolloutDevice
+from fleet.db.models import Alert, AlertPolicy, Bundle, Device, Rollout, RolloutDevice
 from sdk.messages import ModelTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Change:
 
 
 Key = tuple[str, str, str, str]
+#: selector policies at most (the API refuses more): each window is matched against all of them
+MAX_POLICIES = 100
 
 
 def _references(s: Session, windows: list[Window]) -> dict[tuple[str, str, str], Reference]:
@@ -109,20 +111,31 @@ def evaluate(s: Session, windows: list[Window], defaults: Limits, now: float | N
         return []
     now = time.time() if now is None else now
     device_ids = {w.device_id for w in windows}
-    profiles = dict(s.execute(select(Device.id, Device.profile).where(Device.id.in_(device_ids))).all())
+    known = {
+        d: (p, labels or {})
+        for d, p, labels in s.execute(
+            select(Device.id, Device.profile, Device.labels).where(Device.id.in_(device_ids))
+        )
+    }
     refs = _references(s, windows)
     overrides = _rollout_thresholds(s, device_ids)
+    policies = list(s.scalars(select(AlertPolicy).order_by(AlertPolicy.created_at).limit(MAX_POLICIES)))
     open_alerts: dict[Key, Alert] = {
         (a.rule, a.device_id, a.model, a.version): a
         for a in s.scalars(select(Alert).where(Alert.device_id.in_(device_ids), Alert.open.is_(True)))
     }
     changes: list[Change] = []
     for w in sorted(windows, key=lambda w: w.time):
-        if w.device_id not in profiles:
+        if w.device_id not in known:
             continue  # an unknown device: its telemetry is dropped, so are its figures
+        profile, labels = known[w.device_id]
         m = w.model
-        limits = defaults.overridden(overrides.get((w.device_id, m.name, m.version)))
-        ref = refs.get((m.name, m.version, profiles.get(w.device_id) or ""), Reference())
+        limits = defaults
+        for policy in policies:  # selector policies, older first; a rollout's thresholds last
+            if policy.model in (None, m.name) and all(labels.get(k) == v for k, v in policy.labels.items()):
+                limits = limits.overridden(policy.thresholds)
+        limits = limits.overridden(overrides.get((w.device_id, m.name, m.version)))
+        ref = refs.get((m.name, m.version, profile or ""), Reference())
         for reading in readings(m, limits, ref):
             key = (reading.rule.value, w.device_id, m.name, m.version)
             change = _step(s, open_alerts, key, reading, w.time, limits.windows, now)

@@ -215,6 +215,21 @@ class BundleDownload(Base):
     last_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class AlertPolicy(Base):
+    """Alert thresholds (fleet.schemas.AlertThresholds) for the devices a selector matches."""
+
+    __tablename__ = "alert_policies"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: devices whose labels include all of these ...
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: ... for this model only (None: every model)
+    model: Mapped[str | None] = mapped_column(String(128))
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 class Alert(Base):
     """One alert (fleet.alerts): a rule breached by one model version on one device.
 

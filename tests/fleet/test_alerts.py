@@ -174,3 +174,34 @@ def test_resolved_alerts_are_pruned_by_count_and_age_and_open_ones_stay(fleet: F
     with fleet.ctx.db.session() as session:
         assert prune_device_data(session, Retention(alerts_s=60), time.time() + 3600).alerts == 2
     assert [a["state"] for a in alerts(fleet)] == ["firing"]
+
+
+def test_a_selector_policy_sets_thresholds_for_the_devices_it_matches(fleet: Fleet) -> None:
+    fleet.upload(version="1.0.0", metrics=MEASURED)
+    fleet.register("icu-1", site="icu")
+    fleet.register("ward-1", site="ward")
+    body = {
+        "selector": {"labels": {"site": "icu"}, "model": "tiny"},
+        "thresholds": {"drift_psi": 0.5, "windows": 1},
+    }
+    assert (
+        fleet.client.put("/api/v1/alerts/policies/icu", json=body, headers=fleet.token("viewer")).status_code
+        == 403
+    )
+    r = fleet.client.put("/api/v1/alerts/policies/icu", json=body, headers=fleet.admin)
+    assert r.status_code == 200 and r.json()["thresholds"] == {"drift_psi": 0.5, "windows": 1}
+    icu, ward = Sender("icu-1"), Sender("ward-1")
+    ingest(fleet, [icu.window(psi=0.4), ward.window(psi=0.4)])
+    assert [(a["device_id"], a["state"]) for a in alerts(fleet)] == [("ward-1", "pending")]
+    ingest(fleet, [icu.window(psi=0.6)])
+    (a,) = alerts(fleet, device_id="icu-1")
+    assert a["state"] == "firing" and a["threshold"] == 0.5  # one window is enough there
+    bad = {"selector": {}, "thresholds": {"drift_psi": -1}}
+    assert fleet.client.put("/api/v1/alerts/policies/x", json=bad, headers=fleet.admin).status_code == 422
+    assert [p["name"] for p in fleet.client.get("/api/v1/alerts/policies", headers=fleet.admin).json()] == [
+        "icu"
+    ]
+    assert fleet.client.delete("/api/v1/alerts/policies/icu", headers=fleet.admin).status_code == 204
+    assert fleet.client.delete("/api/v1/alerts/policies/icu", headers=fleet.admin).status_code == 404
+    actions = [e["action"] for e in fleet.client.get("/api/v1/audit", headers=fleet.admin).json()["entries"]]
+    assert actions[:2] == ["alert_policy.delete", "alert_policy.set"]

@@ -1,4 +1,4 @@
-"""alerts: one open row per (rule, device, model, version); rollouts carry their alert thresholds
+"""alerts: one open row per (rule, device, model, version); alert thresholds per selector and per rollout
 
 Revision ID: 0006
 Revises: 0005
@@ -44,6 +44,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_alerts_device", "alerts", ["device_id"])
     op.create_index("ix_alerts_state", "alerts", ["state"])
+    op.create_table(
+        "alert_policies",
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("labels", sa.JSON(), nullable=False),
+        sa.Column("model", sa.String(length=128), nullable=True),
+        sa.Column("thresholds", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
     with op.batch_alter_table("rollouts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("alert_thresholds", sa.JSON(), nullable=True))
 
@@ -51,6 +61,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("rollouts", schema=None) as batch_op:
         batch_op.drop_column("alert_thresholds")
+    op.drop_table("alert_policies")
     op.drop_index("ix_alerts_state", table_name="alerts")
     op.drop_index("ix_alerts_device", table_name="alerts")
     op.drop_index("ux_alerts_open", table_name="alerts")
