@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, case, delete, select, text, update
@@ -25,27 +25,42 @@ from sqlalchemy.orm import Session
 
 from fleet.db.models import Device, TelemetrySample
 from sdk.errors import ConfigError
-from sdk.messages import Telemetry
+from sdk.messages import ModelTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
 DEVICES = Device.__table__
 SAMPLES = TelemetrySample.__table__
 
 
-def declared(value: Any) -> Any:
-    """``value`` as JSON data with only the fields its schema declares, at every depth, and no Nones.
+def declared_fields(cls: type[BaseModel]) -> dict[str, Any]:
+    """A ``model_dump(include=...)`` spec of the fields ``cls`` declares, at every depth.
 
     The telemetry schemas allow extra fields (newer agents may send more); storing them would let
-    a device store anything it likes, so the fleet keeps what it knows.
+    a device store anything it likes, so the fleet keeps what it knows. Built once per schema, so
+    the dump itself stays in pydantic's compiled code (a Python walk doubled the ingest's cost).
     """
-    if isinstance(value, BaseModel):
-        fields = type(value).model_fields
-        return {k: declared(v) for k in fields if (v := getattr(value, k)) is not None}
-    if isinstance(value, list):
-        return [declared(v) for v in value]
-    if isinstance(value, dict):
-        return {k: declared(v) for k, v in value.items()}
-    return value
+    spec: dict[str, Any] = {}
+    for name, f in cls.model_fields.items():
+        model, in_list = _nested_model(f.annotation)
+        if model is None:
+            spec[name] = True
+        else:
+            spec[name] = {"__all__": declared_fields(model)} if in_list else declared_fields(model)
+    return spec
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``list[X]``) and whether in a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for arg in get_args(annotation):
+        model, in_list = _nested_model(arg)
+        if model is not None:
+            return model, in_list or get_origin(annotation) is list
+    return None, False
+
+
+_MODEL_FIELDS = declared_fields(ModelTelemetry)
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,7 @@ def sample_row(device_id: str, msg: Telemetry, received_at: float) -> dict[str, 
         "requests": requests,
         "errors": errors,
         "latency_ms_p95": p95,
-        "models": [declared(m) for m in msg.models],
+        "models": [m.model_dump(include=_MODEL_FIELDS, exclude_none=True) for m in msg.models],
     }
 
 
