@@ -141,6 +141,37 @@ def evaluate(s: Session, windows: list[Window], defaults: Limits, now: float | N
             change = _step(s, open_alerts, key, reading, w.time, limits.windows, now)
             if change is not None:
                 changes.append(change)
+    changes += _retire_replaced(s, open_alerts, windows, now)
+    return changes
+
+
+def _retire_replaced(
+    s: Session, open_alerts: dict[Key, Alert], windows: list[Window], now: float
+) -> list[Change]:
+    """Close the alerts of versions a device no longer serves: its newest message reports the
+    model, but not that version (an update or a rollback replaced it), so no window will ever
+    resolve them."""
+    newest: dict[str, float] = {}
+    for w in windows:
+        newest[w.device_id] = max(w.time, newest.get(w.device_id, w.time))
+    serving: dict[tuple[str, str], set[str]] = {}
+    for w in windows:
+        if w.time == newest[w.device_id]:
+            serving.setdefault((w.device_id, w.model.name), set()).add(w.model.version)
+    changes: list[Change] = []
+    for key, alert in list(open_alerts.items()):
+        versions = serving.get((alert.device_id, alert.model))
+        if versions is None or alert.version in versions or newest[alert.device_id] <= alert.last_window:
+            continue
+        del open_alerts[key]
+        if alert.state == AlertState.PENDING.value:
+            s.delete(alert)
+            continue
+        alert.state, alert.open, alert.since, alert.updated_at = AlertState.RESOLVED.value, None, now, now
+        alert.detail = (
+            f"version {alert.version} no longer reported by the device ({', '.join(sorted(versions))} is)"
+        )
+        changes.append(Change.of(alert))
     return changes
 
 

@@ -205,3 +205,12 @@ def test_a_selector_policy_sets_thresholds_for_the_devices_it_matches(fleet: Fle
     assert fleet.client.delete("/api/v1/alerts/policies/icu", headers=fleet.admin).status_code == 404
     actions = [e["action"] for e in fleet.client.get("/api/v1/audit", headers=fleet.admin).json()["entries"]]
     assert actions[:2] == ["alert_policy.delete", "alert_policy.set"]
+
+
+def test_an_update_resolves_the_alerts_of_the_version_it_replaced(fleet: Fleet) -> None:
+    s = setup(fleet, "d0")["d0"]
+    ingest(fleet, [s.window(psi=0.9), s.window(psi=0.9)])
+    assert alerts(fleet)[0]["state"] == "firing"
+    ingest(fleet, [s.window(version="2.0.0", psi=0.01)])  # 1.0.0 no longer serves on d0
+    (a,) = alerts(fleet)
+    assert a["version"] == "1.0.0" and a["state"] == "resolved" and "no longer reported" in a["detail"]
