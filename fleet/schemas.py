@@ -132,6 +132,8 @@ class ShadowGate(_In):
     max_latency_factor: float | None = Field(1.5, gt=0)
     #: the shadow's accuracy (where labels are fed back) at most this far below the active one's
     max_accuracy_drop: float | None = Field(0.02, ge=0, le=1)
+    #: mirrored requests the shadow failed on, as a share of those it was given
+    max_error_rate: float = Field(0.01, ge=0, le=1)
 
 
 class Gates(_In):

@@ -60,6 +60,11 @@ def shadow(gate: ShadowGate, figures: Shadowed) -> Verdict:
     if agreement is None or agreement < gate.min_agreement:
         shown = "none reported" if agreement is None else f"{agreement:.3f}"
         failures.append(f"shadow agreement {shown} over {figures.samples} samples < {gate.min_agreement:g}")
+    tried = figures.samples + figures.errors
+    if tried and figures.errors / tried > gate.max_error_rate:
+        failures.append(
+            f"shadow failed {figures.errors} of {tried} mirrored requests (max share {gate.max_error_rate:g})"
+        )
     p99, active = figures.latency_p99.value, figures.active_latency_p99.value
     factor = gate.max_latency_factor
     if factor is not None and p99 is not None and active is not None and p99 > active * factor:

@@ -35,7 +35,9 @@ def shadowing(fleet: Fleet) -> tuple[str, object, str, str]:
     return rid, ctl, canary, other
 
 
-def shadow(agreement: float = 0.99, p99: float = 2.2, accuracy: float | None = 0.9) -> ShadowQuality:
+def shadow(
+    agreement: float = 0.99, p99: float = 2.2, accuracy: float | None = 0.9, errors: int = 0
+) -> ShadowQuality:
     return ShadowQuality(
         version="2.0.0",
         samples=60,
@@ -46,6 +48,7 @@ def shadow(agreement: float = 0.99, p99: float = 2.2, accuracy: float | None = 0
         active_latency_ms_p99=2.0,
         accuracy=accuracy,
         active_accuracy=0.9 if accuracy is not None else None,
+        errors=errors,
     )
 
 
@@ -93,8 +96,9 @@ def test_too_few_shadow_samples_wait(fleet: Fleet) -> None:
         ({"agreement": 0.8}, "shadow agreement 0.800 over 120 samples < 0.95"),
         ({"p99": 4.0}, "shadow p99 4.00 ms > 1.5 x active 2.00 ms"),
         ({"accuracy": 0.85}, "shadow accuracy 0.850 < active 0.900"),
+        ({"errors": 3}, "shadow failed 6 of 126 mirrored requests"),
     ],
-    ids=["agreement", "latency", "accuracy"],
+    ids=["agreement", "latency", "accuracy", "errors"],
 )
 def test_a_worse_shadow_stops_the_rollout_before_the_version_serves_anyone(
     fleet: Fleet, figures: dict, why: str
