@@ -70,6 +70,33 @@ def _reported_event(
     return None  # still downloading or verifying
 
 
+def _shadow_failure(device: Device, rd: RolloutDevice, bundle: Bundle) -> str | None:
+    """The error of the shadow version, if the device reports at this rollout's revision that it
+    failed (its entry names the version; the active one names the version serving)."""
+    if rd.revision is None or device.reported_revision != rd.revision:
+        return None
+    for m in device.reported_models:
+        if (
+            m.get("name") == bundle.name
+            and m.get("version") == bundle.version
+            and m.get("state") in ("failed", "rolled_back")
+        ):
+            return str(m.get("error") or device.last_error or f"shadow state {m.get('state')}")
+    return None
+
+
+def _serves_shadow(device: Device, rd: RolloutDevice, bundle: Bundle) -> bool:
+    """Whether the device reports the shadow version as the one serving its model."""
+    if rd.revision is None or device.reported_revision != rd.revision:
+        return False
+    return any(
+        m.get("name") == bundle.name
+        and m.get("state") == "active"
+        and (m.get("active_version") or m.get("version")) == bundle.version
+        for m in device.reported_models
+    )
+
+
 class RolloutController:
     def __init__(
         self,
@@ -290,8 +317,19 @@ class RolloutController:
         )
         for rd in shadowing:
             device = devices[rd.device_id]
-            if rd.device_id in failures:
-                service.fire(rd, DeviceEvent.FAIL, f"shadow: {failures[rd.device_id]}")
+            failure = failures.get(rd.device_id) or _shadow_failure(device, rd, bundle)
+            if failure is not None:
+                service.fire(rd, DeviceEvent.FAIL, f"shadow: {failure}")
+                service.restore_previous(device, rd, rollout.id, outbox)
+                continue
+            if _serves_shadow(device, rd, bundle):
+                # an agent that does not know shadows installs the entry like any other: it serves
+                service.fire(
+                    rd,
+                    DeviceEvent.FAIL,
+                    f"the device serves {bundle.name} {bundle.version}, given only as a shadow"
+                    " (an agent without shadow evaluation?)",
+                )
                 service.restore_previous(device, rd, rollout.id, outbox)
                 continue
             verdict = gate.shadow(gates.shadow, figures[rd.device_id])

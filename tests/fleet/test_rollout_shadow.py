@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdk.messages import ShadowQuality
+from sdk.messages import ReportedModel, ReportedState, ShadowQuality
+from sdk.topics import topic
 from tests.fleet.conftest import Fleet
 from tests.fleet.monitoring import MEASURED, Sender, ingest
 from tests.fleet.test_rollout_controller import controller, create, report, rollout, states
@@ -124,3 +125,32 @@ def test_a_device_without_an_active_version_has_nothing_to_shadow_and_updates(fl
     controller(fleet).tick()
     assert states(fleet, rid) == {"fresh": "updating"}
     assert [(m.version, m.shadow) for m in fleet.published.last("fresh").models] == [("2.0.0", False)]
+
+
+def test_a_device_that_serves_the_shadow_version_fails_at_once(fleet: Fleet) -> None:
+    rid, ctl, canary, _ = shadowing(fleet)
+    # an agent that ignores DesiredModel.shadow installs and activates the entry like any other
+    report(fleet, canary, fleet.published.last(canary).revision, "2.0.0")
+    ctl.tick()
+    r = rollout(fleet, rid)
+    assert r["state"] == "rolled_back" and "given only as a shadow" in r["reason"]
+    assert [(m.version, m.shadow) for m in fleet.published.last(canary).models] == [("1.0.0", False)]
+
+
+def test_a_shadow_the_device_cannot_install_fails_it(fleet: Fleet) -> None:
+    rid, ctl, canary, _ = shadowing(fleet)
+    revision = fleet.published.last(canary).revision
+    msg = ReportedState(
+        revision=revision,
+        agent_version="test",
+        models=[
+            ReportedModel(name="tiny", version="1.0.0", state="active", active_version="1.0.0"),
+            ReportedModel(
+                name="tiny", version="2.0.0", state="failed", active_version="1.0.0", error="hash mismatch"
+            ),
+        ],
+    )
+    ingest(fleet, [(topic("reported", canary), msg.to_bytes())])
+    ctl.tick()
+    r = rollout(fleet, rid)
+    assert r["state"] == "rolled_back" and "shadow: hash mismatch" in r["reason"]
