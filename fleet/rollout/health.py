@@ -68,6 +68,8 @@ class Served:
 class Shadowed:
     """One device's shadow figures for one version (ModelTelemetry.shadow) over its windows since a time."""
 
+    #: mirrored requests of the windows that report an agreement (a window with fewer than the
+    #: agent's k samples reports none, so its samples back no figure and do not count)
     samples: int = 0
     errors: int = 0
     agreement: _Mean = field(default_factory=_Mean)
@@ -79,8 +81,10 @@ class Shadowed:
 
     def add(self, sh: dict[str, Any]) -> None:
         samples = int(sh.get("samples", 0))
-        self.samples += samples
         self.errors += int(sh.get("errors", 0))
+        if not isinstance(sh.get("agreement"), int | float):
+            return
+        self.samples += samples
         self.agreement.add(sh.get("agreement"), samples)
         self.latency_p99.add(sh.get("latency_ms_p99"), samples)
         self.active_latency_p99.add(sh.get("active_latency_ms_p99"), samples)

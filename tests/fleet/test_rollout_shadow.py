@@ -86,7 +86,12 @@ def test_a_good_shadow_is_promoted_and_the_rollout_goes_on(fleet: Fleet) -> None
 def test_too_few_shadow_samples_wait(fleet: Fleet) -> None:
     rid, ctl, canary, _ = shadowing(fleet)
     fleet.fetch_desired(canary)
-    ingest(fleet, [Sender(canary).window(shadow=shadow(agreement=0.5))])  # 60 of 100 samples
+    s = Sender(canary)
+    # 60 samples with figures, and 80 in windows too small for the agent to send any (below its k)
+    ingest(
+        fleet,
+        [s.window(shadow=shadow(agreement=0.5)), s.window(shadow=ShadowQuality(version="2.0.0", samples=80))],
+    )
     ctl.tick()
     assert states(fleet, rid)[canary] == "shadowing" and rollout(fleet, rid)["state"] == "running"
 
