@@ -111,3 +111,16 @@ def test_a_device_with_absurd_figures_passes_only_itself(fleet: Fleet) -> None:
     ctl.tick()
     r = rollout(fleet, rid)
     assert r["state"] == "rolled_back" and "drift 0.607" in r["reason"]  # its requests weigh its windows
+
+
+def test_gates_relative_to_a_figure_the_bundle_lacks_are_refused(fleet: Fleet) -> None:
+    fleet.register("d0")
+    b = fleet.upload(version="2.0.0")  # no measured accuracy or latency in its manifest
+    for gates, field in (
+        ({"max_accuracy_drop": 0.05}, "max_accuracy_drop"),
+        ({"max_latency_factor": 2}, "max_latency_factor"),
+    ):
+        r = fleet.client.post(
+            "/api/v1/rollouts", json={"bundle_id": b["id"], "gates": gates}, headers=fleet.admin
+        )
+        assert r.status_code == 400 and field in r.json()["error"], r.text
