@@ -42,12 +42,14 @@ class Limits:
             windows=s.alert_windows,
         )
 
-    def overridden(self, thresholds: dict[str, Any] | None) -> Limits:
-        """These limits with a rollout's (or an operator's) thresholds over them."""
-        if not thresholds:
-            return self
-        given = AlertThresholds.model_validate(thresholds).model_dump(exclude_none=True)
-        return Limits(**{**self.__dict__, **given})
+    def overridden(self, given: dict[str, Any] | None) -> Limits:
+        """These limits with thresholds (from :func:`thresholds`) over them."""
+        return Limits(**{**self.__dict__, **given}) if given else self
+
+
+def thresholds(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Stored thresholds (a rollout's, a policy's) checked again and without the fields left out."""
+    return AlertThresholds.model_validate(stored or {}).model_dump(exclude_none=True)
 
 
 @dataclass(frozen=True)

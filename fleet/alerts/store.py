@@ -19,7 +19,7 @@ from enum import Enum
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from fleet.alerts.rules import Limits, Reading, Reference, readings
+from fleet.alerts.rules import Limits, Reading, Reference, readings, thresholds
 from fleet.db.models import Alert, AlertPolicy, Bundle, Device, Rollout, RolloutDevice
 from sdk.messages import ModelTelemetry, Telemetry
 
@@ -102,7 +102,7 @@ def _rollout_thresholds(s: Session, device_ids: set[str]) -> dict[tuple[str, str
         )
         .order_by(Rollout.created_at)
     ).all()
-    return {(d, n, v): t for d, n, v, t in rows if t}
+    return {(d, n, v): thresholds(t) for d, n, v, t in rows if t}
 
 
 def evaluate(s: Session, windows: list[Window], defaults: Limits, now: float | None = None) -> list[Change]:
@@ -119,7 +119,10 @@ def evaluate(s: Session, windows: list[Window], defaults: Limits, now: float | N
     }
     refs = _references(s, windows)
     overrides = _rollout_thresholds(s, device_ids)
-    policies = list(s.scalars(select(AlertPolicy).order_by(AlertPolicy.created_at).limit(MAX_POLICIES)))
+    policies = [
+        (p.labels or {}, p.model, thresholds(p.thresholds))
+        for p in s.scalars(select(AlertPolicy).order_by(AlertPolicy.created_at).limit(MAX_POLICIES))
+    ]
     open_alerts: dict[Key, Alert] = {
         (a.rule, a.device_id, a.model, a.version): a
         for a in s.scalars(select(Alert).where(Alert.device_id.in_(device_ids), Alert.open.is_(True)))
@@ -131,9 +134,9 @@ def evaluate(s: Session, windows: list[Window], defaults: Limits, now: float | N
         profile, labels = known[w.device_id]
         m = w.model
         limits = defaults
-        for policy in policies:  # selector policies, older first; a rollout's thresholds last
-            if policy.model in (None, m.name) and all(labels.get(k) == v for k, v in policy.labels.items()):
-                limits = limits.overridden(policy.thresholds)
+        for selected, model, given in policies:  # older first; a rollout's thresholds last
+            if model in (None, m.name) and all(labels.get(k) == v for k, v in selected.items()):
+                limits = limits.overridden(given)
         limits = limits.overridden(overrides.get((w.device_id, m.name, m.version)))
         ref = refs.get((m.name, m.version, profile or ""), Reference())
         for reading in readings(m, limits, ref):

@@ -276,9 +276,9 @@ class RolloutController:
                 service.restore_previous(device, rd, rollout.id, outbox)
 
         baking = [rd for rd in live if rd.state == DeviceState.BAKING.value]
-        figures = health.served(
-            s, {rd.device_id: rd.active_at or now for rd in baking}, bundle.name, bundle.version
-        )
+        # telemetry is read only when a gate looks at it (a pass runs every fraction of a second)
+        watched = {rd.device_id: rd.active_at or now for rd in baking} if gate.reads_telemetry(gates) else {}
+        figures = health.served(s, watched, bundle.name, bundle.version)
         ref = Reference.of_manifest(bundle.manifest or {})
         for rd in baking:
             device = devices[rd.device_id]
@@ -288,7 +288,7 @@ class RolloutController:
                 service.restore_previous(device, rd, rollout.id, outbox)
                 continue
             # the device's own figures decide its own gate, and nobody else's
-            verdict = gate.bake(gates, figures[rd.device_id], ref)
+            verdict = gate.bake(gates, figures.get(rd.device_id, health.Served()), ref)
             if verdict.passed is False:
                 service.fire(rd, DeviceEvent.UNHEALTHY, verdict.reason)
                 service.restore_previous(device, rd, rollout.id, outbox)

@@ -19,6 +19,22 @@ class Verdict:
 WAIT = Verdict(None)
 
 
+def reads_telemetry(gates: Gates) -> bool:
+    """Whether any bake gate needs the devices' telemetry."""
+    return any(
+        v is not None
+        for v in (
+            gates.min_served_requests,
+            gates.max_error_rate,
+            gates.max_latency_p99_ms,
+            gates.max_latency_factor,
+            gates.max_drift,
+            gates.min_accuracy,
+            gates.max_accuracy_drop,
+        )
+    )
+
+
 def bake(gates: Gates, figures: Served, ref: Reference) -> Verdict:
     """After ``min_served_requests`` on the new version: error rate, p99, drift and accuracy within the gate."""
     needed = gates.min_served_requests
