@@ -77,16 +77,30 @@ Key = tuple[str, str, str, str]
 MAX_POLICIES = 100
 
 
+#: bundle sha256 -> its Reference: a bundle's bytes (and so its manifest) never change under its
+#: hash, so its manifest, which can be large, is read once per process, not once per batch
+_REFERENCES: dict[str, Reference] = {}
+_MAX_REFERENCES = 1024
+
+
 def _references(s: Session, windows: list[Window]) -> dict[tuple[str, str, str], Reference]:
     """(model, version, profile) -> what the converter measured, for the bundles these windows run."""
     names = {w.model.name for w in windows}
     versions = {w.model.version for w in windows}
     rows = s.execute(
-        select(Bundle.name, Bundle.version, Bundle.profile, Bundle.manifest).where(
+        select(Bundle.name, Bundle.version, Bundle.profile, Bundle.sha256).where(
             Bundle.name.in_(names), Bundle.version.in_(versions)
         )
     ).all()
-    return {(n, v, p): Reference.of_manifest(m or {}) for n, v, p, m in rows}
+    missing = {sha for *_, sha in rows if sha not in _REFERENCES}
+    if missing:
+        if len(_REFERENCES) + len(missing) > _MAX_REFERENCES:
+            _REFERENCES.clear()
+        for sha, manifest in s.execute(
+            select(Bundle.sha256, Bundle.manifest).where(Bundle.sha256.in_(missing))
+        ):
+            _REFERENCES[sha] = Reference.of_manifest(manifest or {})
+    return {(n, v, p): _REFERENCES.get(sha, Reference()) for n, v, p, sha in rows}
 
 
 def _rollout_thresholds(s: Session, device_ids: set[str]) -> dict[tuple[str, str, str], dict]:
