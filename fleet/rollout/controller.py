@@ -403,10 +403,11 @@ class RolloutController:
             device = devices[rd.device_id]
             previous: list[Any] = list(device.desired_models)
             rd.previous_models = previous
-            # a shadow runs beside the active version of its model: a device without one has
+            # a shadow runs beside another active version of its model: a device without one has
             # nothing to compare with, so it takes the version directly (its bake gates still hold)
             shadow = shadow_phase and any(
-                m.get("name") == bundle.name and not m.get("shadow") for m in previous
+                m.get("name") == bundle.name and not m.get("shadow") and m.get("version") != bundle.version
+                for m in previous
             )
             rd.revision = desired.set_desired(
                 device, desired.with_bundle(previous, bundle, self.base_url, shadow=shadow)
