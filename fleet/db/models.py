@@ -102,7 +102,7 @@ class Rollout(Base):
     acknowledged_failures: Mapped[int] = mapped_column(Integer, default=0)
     #: alert thresholds (fleet.schemas.AlertThresholds) for the devices running this rollout's
     #: version; None: the fleet's defaults.
-    alert_thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    alert_thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
