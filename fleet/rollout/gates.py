@@ -53,17 +53,15 @@ def bake(gates: Gates, figures: Served, ref: Reference) -> Verdict:
         ceilings.append(gates.max_latency_factor * ref.latency_ms)
     if ceilings and p99 is not None and p99 > min(ceilings):
         failures.append(f"latency p99 {p99:.2f} ms > {min(ceilings):.2f} ms")
-    drift = figures.drift.value
+    drift = figures.drift
     if gates.max_drift is not None and drift is not None and drift > gates.max_drift:
         failures.append(f"drift {drift:.3f} > {gates.max_drift:g}")
-    accuracy = figures.accuracy.value
+    accuracy = figures.accuracy
     floors = [gates.min_accuracy] if gates.min_accuracy is not None else []
     if gates.max_accuracy_drop is not None and ref.accuracy is not None:
         floors.append(ref.accuracy - gates.max_accuracy_drop)
     if floors and accuracy is not None and accuracy < max(floors):
-        failures.append(
-            f"accuracy {accuracy:.3f} over {int(figures.accuracy.weight)} labels < {max(floors):.3f}"
-        )
+        failures.append(f"accuracy {accuracy:.3f} over {figures.labeled} labels < {max(floors):.3f}")
     return Verdict(False, "; ".join(failures)) if failures else Verdict(True)
 
 
@@ -72,7 +70,7 @@ def shadow(gate: ShadowGate, figures: Shadowed) -> Verdict:
     if figures.samples < gate.min_samples:
         return Verdict(None, f"{figures.samples} of {gate.min_samples} shadow samples")
     failures: list[str] = []
-    agreement = figures.agreement.value
+    agreement = figures.agreement
     if agreement is None or agreement < gate.min_agreement:
         shown = "none reported" if agreement is None else f"{agreement:.3f}"
         failures.append(f"shadow agreement {shown} over {figures.samples} samples < {gate.min_agreement:g}")
@@ -81,11 +79,11 @@ def shadow(gate: ShadowGate, figures: Shadowed) -> Verdict:
         failures.append(
             f"shadow failed {figures.errors} of {tried} mirrored requests (max share {gate.max_error_rate:g})"
         )
-    p99, active = figures.latency_p99.value, figures.active_latency_p99.value
+    p99, active = figures.latency_p99, figures.active_latency_p99
     factor = gate.max_latency_factor
     if factor is not None and p99 is not None and active is not None and p99 > active * factor:
         failures.append(f"shadow p99 {p99:.2f} ms > {factor:g} x active {active:.2f} ms")
-    acc, active_acc = figures.accuracy.value, figures.active_accuracy.value
+    acc, active_acc = figures.accuracy, figures.active_accuracy
     drop = gate.max_accuracy_drop
     if drop is not None and acc is not None and active_acc is not None and acc < active_acc - drop:
         failures.append(f"shadow accuracy {acc:.3f} < active {active_acc:.3f} - {drop:g}")

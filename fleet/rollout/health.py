@@ -3,8 +3,8 @@
 Every figure is one device's, over its windows since a point in time, and decides only that
 device's gate: a device is believed about itself and nothing else, so one that reports absurd
 numbers can pass (or fail) only itself, never a wave on behalf of the others. Averages are
-weighted by the requests (or mirrored samples) each window covers, so a short window with few
-requests cannot outweigh a long one.
+weighted by the requests each window covers, so a short window with few requests cannot
+outweigh a long one.
 """
 
 from __future__ import annotations
@@ -36,72 +36,94 @@ class _Mean:
         return self.total / self.weight if self.weight > 0 else None
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass
 class Served:
-    """One device's figures for one model version over its windows since a time."""
+    """One device's figures for one model version over its windows since a time.
+
+    Counters, latency and input drift are per telemetry interval (summed, or averaged by
+    requests); ``quality`` is the agent's rolling window, which every message repeats with its
+    overlap, so only the newest one counts (a sum would count the same labels many times).
+    """
 
     requests: int = 0
     errors: int = 0
     latency_p99: _Mean = field(default_factory=_Mean)
-    drift: _Mean = field(default_factory=_Mean)
-    accuracy: _Mean = field(default_factory=_Mean)
+    input_drift: _Mean = field(default_factory=_Mean)
+    prediction_drift: float | None = None
+    #: the newest measured accuracy, and the labels it is over
+    accuracy: float | None = None
+    labeled: int = 0
 
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
+    @property
+    def drift(self) -> float | None:
+        figures = [v for v in (self.input_drift.value, self.prediction_drift) if v is not None]
+        return max(figures) if figures else None
+
     def add(self, m: dict[str, Any]) -> None:
+        """Add one window (oldest first)."""
         requests = int(m.get("requests", 0))
         self.requests += requests
         self.errors += int(m.get("errors", 0))
         self.latency_p99.add(m.get("latency_ms_p99"), requests)
+        psi = [v for v in (m.get("drift") or {}).values() if _number(v) is not None]
+        if psi:
+            self.input_drift.add(max(psi), max(requests, 1))
         quality = m.get("quality") or {}
-        figures = [v for v in (m.get("drift") or {}).values() if isinstance(v, int | float)]
-        if isinstance(quality.get("prediction_drift"), int | float):
-            figures.append(quality["prediction_drift"])
-        if figures:
-            self.drift.add(max(figures), max(requests, 1))
-        self.accuracy.add(quality.get("accuracy"), int(quality.get("labeled") or 0))
+        if _number(quality.get("prediction_drift")) is not None:
+            self.prediction_drift = float(quality["prediction_drift"])
+        if _number(quality.get("accuracy")) is not None:
+            self.accuracy, self.labeled = float(quality["accuracy"]), int(quality.get("labeled") or 0)
 
 
 @dataclass
 class Shadowed:
-    """One device's shadow figures for one version (ModelTelemetry.shadow) over its windows since a time."""
+    """One device's newest shadow figures for one version (ModelTelemetry.shadow).
 
-    #: mirrored requests of the windows that report an agreement (a window with fewer than the
-    #: agent's k samples reports none, so its samples back no figure and do not count)
+    The agent's shadow figures are over its rolling window, repeated by every message, so the
+    newest window that reports an agreement stands for them all (one with fewer mirrored requests
+    than the agent's k reports none: its samples back no figure).
+    """
+
     samples: int = 0
     errors: int = 0
-    agreement: _Mean = field(default_factory=_Mean)
-    latency_p99: _Mean = field(default_factory=_Mean)
-    active_latency_p99: _Mean = field(default_factory=_Mean)
-    #: weighted by the samples of the window: the labelled share is not sent per version
-    accuracy: _Mean = field(default_factory=_Mean)
-    active_accuracy: _Mean = field(default_factory=_Mean)
+    agreement: float | None = None
+    latency_p99: float | None = None
+    active_latency_p99: float | None = None
+    accuracy: float | None = None
+    active_accuracy: float | None = None
 
     def add(self, sh: dict[str, Any]) -> None:
-        samples = int(sh.get("samples", 0))
-        self.errors += int(sh.get("errors", 0))
-        if not isinstance(sh.get("agreement"), int | float):
+        """Add one window (oldest first): the newest with an agreement replaces the rest."""
+        if _number(sh.get("agreement")) is None:
             return
-        self.samples += samples
-        self.agreement.add(sh.get("agreement"), samples)
-        self.latency_p99.add(sh.get("latency_ms_p99"), samples)
-        self.active_latency_p99.add(sh.get("active_latency_ms_p99"), samples)
-        if sh.get("accuracy") is not None and sh.get("active_accuracy") is not None:
-            # only windows with both: a comparison on the same labelled requests
-            self.accuracy.add(sh.get("accuracy"), samples)
-            self.active_accuracy.add(sh.get("active_accuracy"), samples)
+        self.samples = int(sh.get("samples", 0))
+        self.errors = int(sh.get("errors", 0))
+        self.agreement = _number(sh.get("agreement"))
+        self.latency_p99 = _number(sh.get("latency_ms_p99"))
+        self.active_latency_p99 = _number(sh.get("active_latency_ms_p99"))
+        # a comparison only on the same labelled requests: both, or neither
+        both = _number(sh.get("accuracy")) is not None and _number(sh.get("active_accuracy")) is not None
+        self.accuracy = _number(sh.get("accuracy")) if both else None
+        self.active_accuracy = _number(sh.get("active_accuracy")) if both else None
 
 
 def _windows(s: Session, since: dict[str, float]) -> Iterable[tuple[str, list[Any]]]:
-    """(device, models) of every telemetry sample each device sent since its own time (one query)."""
+    """(device, models) of every telemetry sample each device sent since its own time, oldest
+    first by the device's clock (one query)."""
     if not since:
         return []
     rows = s.execute(
-        select(TelemetrySample.device_id, TelemetrySample.received_at, TelemetrySample.models).where(
-            TelemetrySample.device_id.in_(list(since)), TelemetrySample.received_at >= min(since.values())
-        )
+        select(TelemetrySample.device_id, TelemetrySample.received_at, TelemetrySample.models)
+        .where(TelemetrySample.device_id.in_(list(since)), TelemetrySample.received_at >= min(since.values()))
+        .order_by(TelemetrySample.time, TelemetrySample.seq)
     ).all()
     return [(d, models or []) for d, at, models in rows if at >= since[d]]
 

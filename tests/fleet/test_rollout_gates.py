@@ -60,7 +60,7 @@ def test_a_wave_waits_for_n_requests_on_the_new_version_then_passes(fleet: Fleet
         ({"errors": 30}, "error rate 0.150 over 600 requests"),
         ({"p99": 9.0}, "latency p99 9.00 ms > 4.50 ms"),
         ({"psi": 0.6}, "drift 0.600 > 0.3"),
-        ({"quality": quality(labeled=100, accuracy=0.7)}, "accuracy 0.700 over 300 labels < 0.860"),
+        ({"quality": quality(labeled=100, accuracy=0.7)}, "accuracy 0.700 over 100 labels < 0.860"),
     ],
     ids=["errors", "latency", "drift", "accuracy"],
 )

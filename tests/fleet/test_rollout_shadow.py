@@ -37,11 +37,16 @@ def shadowing(fleet: Fleet) -> tuple[str, object, str, str]:
 
 
 def shadow(
-    agreement: float = 0.99, p99: float = 2.2, accuracy: float | None = 0.9, errors: int = 0
+    agreement: float = 0.99,
+    p99: float = 2.2,
+    accuracy: float | None = 0.9,
+    errors: int = 0,
+    samples: int = 120,
 ) -> ShadowQuality:
+    """The agent's shadow figures over its rolling window (every message repeats the window)."""
     return ShadowQuality(
         version="2.0.0",
-        samples=60,
+        samples=samples,
         agreement=agreement,
         latency_ms_p50=p99 / 2,
         latency_ms_p99=p99,
@@ -87,10 +92,15 @@ def test_too_few_shadow_samples_wait(fleet: Fleet) -> None:
     rid, ctl, canary, _ = shadowing(fleet)
     fleet.fetch_desired(canary)
     s = Sender(canary)
-    # 60 samples with figures, and 80 in windows too small for the agent to send any (below its k)
+    # 60 samples in the window, repeated by the next message (no more samples); then a window
+    # without figures (below the agent's k) must not count either
     ingest(
         fleet,
-        [s.window(shadow=shadow(agreement=0.5)), s.window(shadow=ShadowQuality(version="2.0.0", samples=80))],
+        [
+            s.window(shadow=shadow(agreement=0.5, samples=60)),
+            s.window(shadow=shadow(agreement=0.5, samples=60)),
+            s.window(shadow=ShadowQuality(version="2.0.0", samples=150)),
+        ],
     )
     ctl.tick()
     assert states(fleet, rid)[canary] == "shadowing" and rollout(fleet, rid)["state"] == "running"
@@ -102,7 +112,7 @@ def test_too_few_shadow_samples_wait(fleet: Fleet) -> None:
         ({"agreement": 0.8}, "shadow agreement 0.800 over 120 samples < 0.95"),
         ({"p99": 4.0}, "shadow p99 4.00 ms > 1.5 x active 2.00 ms"),
         ({"accuracy": 0.85}, "shadow accuracy 0.850 < active 0.900"),
-        ({"errors": 3}, "shadow failed 6 of 126 mirrored requests"),
+        ({"errors": 3}, "shadow failed 3 of 123 mirrored requests"),
     ],
     ids=["agreement", "latency", "accuracy", "errors"],
 )
