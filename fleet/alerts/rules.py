@@ -11,6 +11,10 @@ from fleet.settings import FleetSettings
 from sdk.messages import ModelTelemetry
 
 
+#: characters of a device-chosen name (a tensor's) shown in an alert's detail
+MAX_NAME_SHOWN = 64
+
+
 class Rule(str, Enum):
     DRIFT = "drift"
     ACCURACY = "accuracy"
@@ -83,7 +87,8 @@ class Reading:
 
 def drift_value(m: ModelTelemetry) -> tuple[float, str] | None:
     """The largest of the inputs' PSI and the prediction drift, and which one it was."""
-    figures = {f"input {name}": psi for name, psi in m.drift.items()}
+    # a tensor name is the device's text: cut, it ends up in the alert's detail and the webhook
+    figures = {f"input {name[:MAX_NAME_SHOWN]}": psi for name, psi in m.drift.items()}
     if m.quality is not None and m.quality.prediction_drift is not None:
         figures["predictions"] = m.quality.prediction_drift
     if not figures:
