@@ -10,7 +10,6 @@ from fleet.schemas import AlertThresholds
 from fleet.settings import FleetSettings
 from sdk.messages import ModelTelemetry
 
-
 #: characters of a device-chosen name (a tensor's) shown in an alert's detail
 MAX_NAME_SHOWN = 64
 
