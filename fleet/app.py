@@ -16,10 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from fleet.acks import Acknowledger
+from fleet.alerts.rules import Limits
+from fleet.alerts.webhook import AlertWebhook
 from fleet.api.body_limits import BodyLimits
 from fleet.api.docs import add_docs
 from fleet.api.responses import ERROR_RESPONSES
-from fleet.api.routes import audit, bundles, devices, rollouts, tokens
+from fleet.api.routes import alerts, audit, bundles, devices, rollouts, tokens
 from fleet.context import FleetContext
 from fleet.db.session import Database, migrate
 from fleet.ingest import Ingest
@@ -73,7 +75,7 @@ def build_context(settings: FleetSettings, publisher: Publisher | None = None) -
             presign_s=settings.storage_presign_s,
         ),
         trusted_keys=keys.load_trusted_keys(settings.trust_keys),
-        metrics=FleetMetrics(db),
+        metrics=FleetMetrics(db, max_alert_series=settings.alert_metrics_max_series),
         publisher=publisher,
         fleet_key=load_fleet_key(settings.fleet_key_file) if settings.fleet_key_file else None,
     )
@@ -94,6 +96,16 @@ def _on_broker_connect(ctx: FleetContext) -> None:
 def _start_background(ctx: FleetContext) -> Ingest | None:
     s = ctx.settings
     ingest = None
+    if s.alert_webhook_url:
+        ctx.webhook = AlertWebhook(
+            s.alert_webhook_url,
+            ctx.metrics,
+            base_url=s.base_url(),
+            timeout_s=s.alert_webhook_timeout_s,
+            max_queue=s.alert_webhook_queue,
+            attempts=s.alert_webhook_attempts,
+        )
+        ctx.webhook.start()
     if s.broker_url and ctx.publisher is None:
         ctx.mqtt = FleetMqtt(
             s.broker_url,
@@ -116,6 +128,8 @@ def _start_background(ctx: FleetContext) -> Ingest | None:
             batch=s.ingest_batch,
             max_wait_s=s.ingest_max_wait_s,
             limits=IngestLimits.from_settings(s),
+            alert_limits=Limits.defaults(s),
+            on_alerts=ctx.webhook.notify if ctx.webhook is not None else None,
         )
         ingest.on_stored = Acknowledger(ctx.mqtt.publish).committed
         ingest.start()
@@ -183,6 +197,8 @@ def create_app(
                 ctx.mqtt.stop()
             if ingest is not None:
                 ingest.stop()
+            if ctx.webhook is not None:
+                ctx.webhook.stop()
             ctx.db.dispose()
 
     app = FastAPI(
@@ -198,7 +214,7 @@ def create_app(
     _error_handlers(app)
     app.add_middleware(BodyLimits, limit=_body_limit(settings), idle_timeout_s=settings.body_idle_timeout_s)
     add_docs(app, "/api/v1/openapi.json")
-    for module in (devices, bundles, rollouts, tokens, audit):
+    for module in (devices, bundles, rollouts, tokens, audit, alerts):
         app.include_router(module.router, prefix="/api/v1", responses=ERROR_RESPONSES)
 
     @app.get("/healthz", include_in_schema=False)
@@ -216,7 +232,7 @@ def create_app(
 
     @app.get("/dashboard/{name}", include_in_schema=False)
     def dashboard_asset(name: str) -> FileResponse:
-        if name not in ("app.js", "charts.js", "style.css"):
+        if name not in ("app.js", "alerts.js", "charts.js", "style.css"):
             raise StarletteHTTPException(404, f"no dashboard file {name}")
         return FileResponse(DASHBOARD / name)
 

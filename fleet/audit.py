@@ -33,6 +33,8 @@ class Action(StrEnum):
     ROLLOUT_ROLLBACK = "rollout.rollback"
     TOKEN_CREATE = "token.create"
     TOKEN_REVOKE = "token.revoke"
+    ALERT_POLICY_SET = "alert_policy.set"
+    ALERT_POLICY_DELETE = "alert_policy.delete"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from fleet.alerts.webhook import AlertWebhook
 from fleet.api.failures import AuthFailures
 from fleet.db.session import Database
 from fleet.devices import BrokerAccounts, NoBrokerAccounts
@@ -34,6 +35,8 @@ class FleetContext:
     mqtt: FleetMqtt | None = None
     controller: RolloutController | None = None
     accounts: BrokerAccounts = field(default_factory=NoBrokerAccounts)
+    #: sends alert changes to ``alert_webhook_url`` (None: no webhook configured)
+    webhook: AlertWebhook | None = None
     #: wrong-token guesses per client address (``deps.get_token`` answers 429 past the limit).
     auth_failures: AuthFailures = field(init=False)
     #: signs every desired state (sdk.desired_auth); devices pin its public half at registration.

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet import auth
-from fleet.db.models import BundleDownload, Device, EventRecord, RolloutDevice, TelemetrySample
+from fleet.db.models import Alert, BundleDownload, Device, EventRecord, RolloutDevice, TelemetrySample
 from fleet.db.session import get_existing
 from fleet.schemas import DeviceCreate, DeviceHealth, DeviceUpdate
 from fleet.settings import FleetSettings
@@ -134,7 +134,7 @@ def delete(session: Session, device_id: str, accounts: BrokerAccounts) -> Decomm
     progress = session.scalars(select(RolloutDevice).where(RolloutDevice.device_id == device_id)).all()
     for rd in progress:
         session.delete(rd)
-    for table in (BundleDownload, TelemetrySample, EventRecord):
+    for table in (BundleDownload, TelemetrySample, EventRecord, Alert):
         session.execute(sa.delete(table).where(table.device_id == device_id))
     session.flush()  # before the device: the tables have no ORM relationship to order the deletes
     session.delete(device)

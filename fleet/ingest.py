@@ -17,6 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from fleet import event_log, telemetry
+from fleet.alerts import store as alert_store
+from fleet.alerts.rules import Limits
 from fleet.db.models import Device
 from fleet.db.session import Database
 from fleet.limits import Accepted, IngestLimits, Rejected, RejectReason
@@ -49,6 +51,8 @@ class Ingest:
         max_wait_s: float = 0.2,
         limits: IngestLimits | None = None,
         on_stored: Callable[[list[Stored]], None] | None = None,
+        alert_limits: Limits | None = None,
+        on_alerts: Callable[[list[alert_store.Change]], None] | None = None,
     ) -> None:
         self.db = db
         self.inbox = inbox
@@ -58,6 +62,10 @@ class Ingest:
         self.limits = limits or IngestLimits()
         #: called after every commit with what it stored (e.g. to acknowledge it to the devices)
         self.on_stored = on_stored
+        #: alert rules' default thresholds (None: alerts are not evaluated by this ingest)
+        self.alert_limits = alert_limits
+        #: called after every commit with the alerts that started firing or resolved in it
+        self.on_alerts = on_alerts
         self._warnings = RateLimitedLog(log)
         for reason in RejectReason:  # every reason shows on /metrics from the start, at 0
             metrics.ingest_rejected.labels(reason.value)
@@ -190,8 +198,12 @@ class Ingest:
         #: messages refused inside the transaction; counted and logged only once it committed
         refused: list[tuple[Accepted, Rejected]] = []
         stored: list[Stored] = []
+        changes: list[alert_store.Change] = []
         with self.db.session() as s:
             samples = telemetry.store_batch(s, tele) if tele else telemetry.StoredSamples()
+            if tele and self.alert_limits is not None:
+                # in the same transaction: an alert moves exactly when its window is stored
+                changes = alert_store.evaluate(s, alert_store.windows_of(tele), self.alert_limits)
             stored += [Stored(d, "telemetry", seq) for d, seq in samples.keys]
             unknown += [a for a in accepted if a.kind == "telemetry" and a.device_id in samples.unknown]
             ids = {a.device_id for a in rest}
@@ -232,6 +244,13 @@ class Ingest:
             )
         for _, exc in refused:
             self.reject(exc)
+        for c in changes:
+            self.metrics.alert_changes.labels(c.rule, c.state).inc()
+        if self.on_alerts is not None and changes:
+            try:
+                self.on_alerts(changes)
+            except Exception:
+                log.exception("the alert hook after an ingest commit failed")
         if self.on_stored is not None and stored:
             try:
                 self.on_stored(stored)

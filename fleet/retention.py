@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from fleet import telemetry
+from fleet.alerts import store as alert_store
 from fleet.db.models import EventRecord
 from fleet.settings import FleetSettings
 
@@ -24,16 +25,27 @@ class Retention:
     events_s: float = 0.0
     #: each device keeps at most its newest this many events (0: no limit)
     events_per_device: int = 0
+    #: alerts resolved longer ago than this are deleted (0 keeps them); open ones always stay
+    alerts_s: float = 0.0
+    #: each device keeps at most its newest this many resolved alerts (0: no limit)
+    alerts_per_device: int = 0
 
     @classmethod
     def from_settings(cls, s: FleetSettings) -> Retention:
-        return cls(s.telemetry_retention_s, s.event_retention_s, s.events_per_device)
+        return cls(
+            s.telemetry_retention_s,
+            s.event_retention_s,
+            s.events_per_device,
+            s.alert_retention_s,
+            s.alerts_per_device,
+        )
 
 
 @dataclass(frozen=True)
 class Pruned:
     telemetry: int = 0
     events: int = 0
+    alerts: int = 0
 
 
 def prune_device_data(session: Session, policy: Retention, now: float) -> Pruned:
@@ -58,7 +70,10 @@ def prune_device_data(session: Session, policy: Retention, now: float) -> Pruned
         ).subquery()
         beyond = select(newest_first.c.id).where(newest_first.c.rank > policy.events_per_device)
         events += _deleted(session.execute(delete(EventRecord).where(EventRecord.id.in_(beyond))))
-    return Pruned(samples, events)
+    alerts = alert_store.prune(
+        session, now - policy.alerts_s if policy.alerts_s > 0 else None, policy.alerts_per_device
+    )
+    return Pruned(samples, events, alerts)
 
 
 def _deleted(result: object) -> int:

@@ -140,6 +140,22 @@ class Strategy(_In):
         return self
 
 
+class ShadowGate(_In):
+    """A shadow phase: each device runs the new version beside the active one on mirrored requests
+    (``DesiredModel.shadow``) and is promoted only when its own figures pass this gate."""
+
+    #: mirrored requests both versions answered, summed over the device's windows since it started
+    min_samples: int = Field(100, ge=1)
+    #: share of mirrored requests where both versions agree
+    min_agreement: float = Field(0.95, ge=0, le=1)
+    #: the shadow's p99 latency at most this multiple of the active version's on the same requests
+    max_latency_factor: float | None = Field(1.5, gt=0)
+    #: the shadow's accuracy (where labels are fed back) at most this far below the active one's
+    max_accuracy_drop: float | None = Field(0.02, ge=0, le=1)
+    #: mirrored requests the shadow failed on, as a share of those it was given
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+
+
 class Gates(_In):
     #: stop when more than this share of the started devices failed.
     max_failure_share: float = Field(0.0, ge=0, le=1)
@@ -152,6 +168,41 @@ class Gates(_In):
     update_timeout_s: float | None = Field(None, gt=0)
     #: on a failed gate, roll back (True) or only pause (False).
     auto_rollback: bool = True
+    #: a baking device passes only after serving at least this many requests on the new version
+    #: (its wave waits for it); then the gates below are checked on its own figures since it went
+    #: active. None: the bake time alone decides.
+    min_served_requests: int | None = Field(None, ge=1)
+    #: p99 latency (request-weighted over its windows) at most this, or at most this multiple of
+    #: the latency the bundle's converter measured
+    max_latency_p99_ms: float | None = Field(None, gt=0)
+    max_latency_factor: float | None = Field(None, gt=0)
+    #: input PSI (largest tensor) and prediction drift, request-weighted over its windows
+    max_drift: float | None = Field(None, ge=0)
+    #: measured accuracy (where labels are fed back) at least this, or at most this far below the
+    #: accuracy the bundle's converter measured
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    #: start with a shadow phase (None: devices switch to the new version directly)
+    shadow: ShadowGate | None = None
+
+
+class AlertThresholds(_In):
+    """Alert rules' thresholds; a field left out takes the fleet's default (``EDGEFLEET_ALERT_*``)."""
+
+    #: drift: input PSI (largest tensor) or prediction drift above this ...
+    drift_psi: float | None = Field(None, ge=0)
+    #: accuracy: measured (else estimated) accuracy below the bundle's measured accuracy minus this
+    accuracy_drop: float | None = Field(None, ge=0, le=1)
+    #: ... or below this where the bundle has no measured accuracy
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    #: bias: demographic parity or equal opportunity difference above this
+    bias_gap: float | None = Field(None, ge=0, le=1)
+    #: latency: p99 above the bundle's measured latency times this ...
+    latency_factor: float | None = Field(None, gt=0)
+    #: ... or above this where the bundle has no measured latency
+    max_latency_ms: float | None = Field(None, gt=0)
+    #: ... for this many consecutive windows (telemetry messages) before an alert fires
+    windows: int | None = Field(None, ge=1, le=1000)
 
 
 class RolloutCreate(_In):
@@ -159,6 +210,8 @@ class RolloutCreate(_In):
     selector: Selector = Field(default_factory=Selector)
     strategy: Strategy = Field(default_factory=Strategy)
     gates: Gates = Field(default_factory=Gates)
+    #: alert thresholds for the devices while they run this rollout's version
+    alerts: AlertThresholds | None = None
 
 
 class RolloutDevicePublic(_Out):
@@ -180,6 +233,7 @@ class RolloutPublic(_Out):
     strategy: dict[str, Any]
     gates: dict[str, Any]
     reason: str | None
+    alert_thresholds: dict[str, Any] | None = None
     created_at: float
     updated_at: float
     counts: dict[str, int] = Field(default_factory=dict)
@@ -252,3 +306,46 @@ class AuditPage(BaseModel):
 
     entries: list[AuditEntry]
     next_before_id: int | None
+
+
+# ------------------------------------------------------------------------------------------- alerts
+
+
+class AlertSelector(_In):
+    """Devices whose labels include all of ``labels``; only ``model`` if given."""
+
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    model: str | None = Field(None, max_length=128)
+
+
+class AlertPolicyIn(_In):
+    selector: AlertSelector = Field(default_factory=AlertSelector)
+    thresholds: AlertThresholds
+
+
+class AlertPolicyPublic(_Out):
+    name: str
+    labels: dict[str, Any]
+    model: str | None
+    thresholds: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
+class AlertPublic(_Out):
+    id: int
+    #: drift, accuracy, bias or latency
+    rule: str
+    #: pending, firing or resolved, since ``since`` (unix time)
+    state: str
+    device_id: str
+    model: str
+    version: str
+    value: float
+    threshold: float
+    detail: str | None
+    since: float
+    started_at: float
+    updated_at: float
+    #: consecutive windows in breach
+    streak: int

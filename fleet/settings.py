@@ -98,6 +98,35 @@ class FleetSettings(BaseSettings):
     #: client announcing more than it sends cannot hold a connection (and an upload slot) forever.
     body_idle_timeout_s: float = 30.0
 
+    #: alert rules' defaults (a rollout's ``alerts`` overrides them for its devices): drift when
+    #: input PSI or prediction drift passes this ...
+    alert_drift_psi: float = Field(0.25, ge=0)
+    #: accuracy when measured (else estimated) accuracy is this far below the bundle's measured one,
+    #: or below ``alert_min_accuracy`` where the bundle has none (None: no accuracy rule then)
+    alert_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    alert_min_accuracy: float | None = Field(None, ge=0, le=1)
+    #: bias when the demographic parity or equal opportunity difference passes this
+    alert_bias_gap: float = Field(0.1, ge=0, le=1)
+    #: latency when p99 passes the bundle's measured latency times this, or
+    #: ``alert_max_latency_ms`` where the bundle has none (None: no latency rule then)
+    alert_latency_factor: float = Field(5.0, gt=0)
+    alert_max_latency_ms: float | None = Field(None, gt=0)
+    #: consecutive windows in breach before an alert goes from pending to firing
+    alert_windows: int = Field(2, ge=1, le=1000)
+    #: resolved alerts are deleted this long after they resolved (0 keeps them)
+    alert_retention_s: float = Field(7 * 24 * 3600.0, ge=0)
+    #: ... and each device keeps at most its newest this many resolved alerts (0: no limit)
+    alerts_per_device: int = Field(200, ge=0)
+    #: POST alert changes in Alertmanager's webhook format to this URL (None: no webhook)
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_s: float = Field(5.0, gt=0)
+    #: alert changes waiting to be sent; past this the newest are dropped (and counted)
+    alert_webhook_queue: int = Field(1000, ge=1)
+    #: attempts per POST (with a growing pause between them) before the batch is dropped
+    alert_webhook_attempts: int = Field(5, ge=1)
+    #: Prometheus: at most this many per-device series (open alerts' values) on /metrics
+    alert_metrics_max_series: int = Field(500, ge=0)
+
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")

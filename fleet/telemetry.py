@@ -15,8 +15,9 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args, get_origin
 
+from pydantic import BaseModel
 from sqlalchemy import bindparam, case, delete, select, text, update
 from sqlalchemy import types as sa_types
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -29,7 +30,37 @@ from sdk.messages import ModelTelemetry, Telemetry
 log = logging.getLogger(__name__)
 DEVICES = Device.__table__
 SAMPLES = TelemetrySample.__table__
-_MODEL_FIELDS = set(ModelTelemetry.model_fields)
+
+
+def declared_fields(cls: type[BaseModel]) -> dict[str, Any]:
+    """A ``model_dump(include=...)`` spec of the fields ``cls`` declares, at every depth.
+
+    The telemetry schemas allow extra fields (newer agents may send more); storing them would let
+    a device store anything it likes, so the fleet keeps what it knows. Built once per schema, so
+    the dump itself stays in pydantic's compiled code (a Python walk doubled the ingest's cost).
+    """
+    spec: dict[str, Any] = {}
+    for name, f in cls.model_fields.items():
+        model, in_list = _nested_model(f.annotation)
+        if model is None:
+            spec[name] = True
+        else:
+            spec[name] = {"__all__": declared_fields(model)} if in_list else declared_fields(model)
+    return spec
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``, ``list[X]``) and whether in a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for arg in get_args(annotation):
+        model, in_list = _nested_model(arg)
+        if model is not None:
+            return model, in_list or get_origin(annotation) is list
+    return None, False
+
+
+_MODEL_FIELDS = declared_fields(ModelTelemetry)
 
 
 @dataclass(frozen=True)
@@ -66,7 +97,6 @@ def sample_row(device_id: str, msg: Telemetry, received_at: float) -> dict[str, 
         "requests": requests,
         "errors": errors,
         "latency_ms_p95": p95,
-        # declared fields only: unknown extras would let a device store anything it likes
         "models": [m.model_dump(include=_MODEL_FIELDS, exclude_none=True) for m in msg.models],
     }
 

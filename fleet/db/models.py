@@ -100,6 +100,9 @@ class Rollout(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     #: failures an operator accepted by resuming after a gate paused the rollout.
     acknowledged_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: alert thresholds (fleet.schemas.AlertThresholds) for the devices running this rollout's
+    #: version; None: the fleet's defaults.
+    alert_thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
@@ -210,3 +213,55 @@ class BundleDownload(Base):
     bundle_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     first_at: Mapped[float] = mapped_column(Float, default=now)
     last_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class AlertPolicy(Base):
+    """Alert thresholds (fleet.schemas.AlertThresholds) for the devices a selector matches."""
+
+    __tablename__ = "alert_policies"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: devices whose labels include all of these ...
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: ... for this model only (None: every model)
+    model: Mapped[str | None] = mapped_column(String(128))
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Alert(Base):
+    """One alert (fleet.alerts): a rule breached by one model version on one device.
+
+    ``open`` is True while the alert is pending or firing and NULL once resolved: the unique index
+    then allows one open row per (rule, device, model, version) and any number of resolved ones
+    (NULLs never conflict), which retention deletes by age.
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ux_alerts_open", "rule", "device_id", "model", "version", "open", unique=True),
+        Index("ix_alerts_device", "device_id"),
+        Index("ix_alerts_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(16))
+    device_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    #: pending, firing or resolved (fleet.alerts.AlertState)
+    state: Mapped[str] = mapped_column(String(16))
+    open: Mapped[bool | None] = mapped_column(Boolean)
+    #: the last window's figure and the threshold it was held against
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    detail: Mapped[str | None] = mapped_column(Text)
+    #: when the current state began (fleet clock); first breach; last update
+    since: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    #: consecutive windows in breach, and the device's time of the last window counted (a window
+    #: sent again, or out of order, is not counted twice)
+    streak: Mapped[int] = mapped_column(Integer, default=1)
+    last_window: Mapped[float] = mapped_column(Float)

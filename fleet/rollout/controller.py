@@ -14,13 +14,15 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet.db.models import Bundle, Device, EventRecord, Rollout, RolloutDevice, TelemetrySample
+from fleet.alerts.rules import Reference
+from fleet.db.models import Bundle, Device, EventRecord, Rollout, RolloutDevice
 from fleet.db.session import Database
 from fleet.retention import Retention, prune_device_data
-from fleet.rollout import desired, downloads, lease, service
+from fleet.rollout import desired, downloads, health, lease, service
+from fleet.rollout import gates as gate
 from fleet.rollout.states import (
     ACTIVE_DEVICE_STATES,
     IN_FLIGHT_STATES,
@@ -66,6 +68,33 @@ def _reported_event(
         reason = model.get("error") or device.last_error or f"model state {model.get('state')}"
         return DeviceEvent.FAIL, reason
     return None  # still downloading or verifying
+
+
+def _shadow_failure(device: Device, rd: RolloutDevice, bundle: Bundle) -> str | None:
+    """The error of the shadow version, if the device reports at this rollout's revision that it
+    failed (its entry names the version; the active one names the version serving)."""
+    if rd.revision is None or device.reported_revision != rd.revision:
+        return None
+    for m in device.reported_models:
+        if (
+            m.get("name") == bundle.name
+            and m.get("version") == bundle.version
+            and m.get("state") in ("failed", "rolled_back")
+        ):
+            return str(m.get("error") or device.last_error or f"shadow state {m.get('state')}")
+    return None
+
+
+def _serves_shadow(device: Device, rd: RolloutDevice, bundle: Bundle) -> bool:
+    """Whether the device reports the shadow version as the one serving its model."""
+    if rd.revision is None or device.reported_revision != rd.revision:
+        return False
+    return any(
+        m.get("name") == bundle.name
+        and m.get("state") == "active"
+        and (m.get("active_version") or m.get("version")) == bundle.version
+        for m in device.reported_models
+    )
 
 
 class RolloutController:
@@ -156,9 +185,12 @@ class RolloutController:
         self._pruned_at = now
         with self.db.session() as s:
             pruned = prune_device_data(s, self.retention, now)
-        if pruned.telemetry or pruned.events:
+        if pruned.telemetry or pruned.events or pruned.alerts:
             log.info(
-                "deleted %d telemetry samples and %d events past retention", pruned.telemetry, pruned.events
+                "deleted %d telemetry samples, %d events and %d resolved alerts past retention",
+                pruned.telemetry,
+                pruned.events,
+                pruned.alerts,
             )
 
     # ------------------------------------------------------------------------------------ pass
@@ -222,6 +254,7 @@ class RolloutController:
         now: float,
         outbox: service.Outbox,
     ) -> None:
+        self._observe_shadows(s, rollout, bundle, gates, live, devices, now, outbox)
         updating = [rd for rd in live if rd.state == DeviceState.UPDATING.value]
         failures = self._failure_events(s, bundle, updating)
         for rd in updating:
@@ -245,9 +278,10 @@ class RolloutController:
                 service.restore_previous(device, rd, rollout.id, outbox)
 
         baking = [rd for rd in live if rd.state == DeviceState.BAKING.value]
-        usage = (
-            self._usage_since_active(s, rollout.id, bundle.name) if gates.max_error_rate is not None else {}
-        )
+        # telemetry is read only when a gate looks at it (a pass runs every fraction of a second)
+        watched = {rd.device_id: rd.active_at or now for rd in baking} if gate.reads_telemetry(gates) else {}
+        figures = health.served(s, watched, bundle.name, bundle.version)
+        ref = Reference.of_manifest(bundle.manifest or {})
         for rd in baking:
             device = devices[rd.device_id]
             seen = _reported_event(s, device, rd, bundle)
@@ -255,19 +289,75 @@ class RolloutController:
                 service.fire(rd, DeviceEvent.FAIL, seen[1])
                 service.restore_previous(device, rd, rollout.id, outbox)
                 continue
-            requests, errors = usage.get(rd.device_id, (0, 0))
-            if gates.max_error_rate is not None and requests >= gates.min_requests:
-                rate = errors / requests
-                if rate > gates.max_error_rate:
+            # the device's own figures decide its own gate, and nobody else's
+            verdict = gate.bake(gates, figures.get(rd.device_id, health.Served()), ref)
+            if verdict.passed is False:
+                service.fire(rd, DeviceEvent.UNHEALTHY, verdict.reason)
+                service.restore_previous(device, rd, rollout.id, outbox)
+                continue
+            if verdict.passed and now - (rd.active_at or now) >= gates.bake_s:
+                service.fire(rd, DeviceEvent.BAKED)
+
+    def _observe_shadows(
+        self,
+        s: Session,
+        rollout: Rollout,
+        bundle: Bundle,
+        gates: Gates,
+        live: list[RolloutDevice],
+        devices: dict[str, Device],
+        now: float,
+        outbox: service.Outbox,
+    ) -> None:
+        """Promote each shadowing device whose own shadow figures pass the gate; fail the others."""
+        shadowing = [rd for rd in live if rd.state == DeviceState.SHADOWING.value]
+        if not shadowing or gates.shadow is None:
+            return
+        failures = self._failure_events(s, bundle, shadowing)
+        figures = health.shadowed(
+            s, {rd.device_id: rd.started_at or now for rd in shadowing}, bundle.name, bundle.version
+        )
+        for rd in shadowing:
+            device = devices[rd.device_id]
+            failure = failures.get(rd.device_id) or _shadow_failure(device, rd, bundle)
+            if failure is not None:
+                service.fire(rd, DeviceEvent.FAIL, f"shadow: {failure}")
+                service.restore_previous(device, rd, rollout.id, outbox)
+                continue
+            if _serves_shadow(device, rd, bundle):
+                # an agent that does not know shadows installs the entry like any other: it serves
+                service.fire(
+                    rd,
+                    DeviceEvent.FAIL,
+                    f"the device serves {bundle.name} {bundle.version}, given only as a shadow"
+                    " (an agent without shadow evaluation?)",
+                )
+                service.restore_previous(device, rd, rollout.id, outbox)
+                continue
+            verdict = gate.shadow(gates.shadow, figures[rd.device_id])
+            if verdict.passed is not None and not downloads.fetched(s, device.id, bundle, rd.previous_models):
+                # figures about a version the device never fetched are not believed
+                verdict = gate.Verdict(None, "shadow figures from a device that never fetched the bundle")
+            if verdict.passed is None:
+                if gates.update_timeout_s and now - (rd.started_at or now) > gates.update_timeout_s:
                     service.fire(
                         rd,
-                        DeviceEvent.UNHEALTHY,
-                        f"error rate {rate:.3f} over {requests} requests > {gates.max_error_rate:g}",
+                        DeviceEvent.TIMEOUT,
+                        f"shadow: no passing figures within {gates.update_timeout_s:g} s ({verdict.reason})",
                     )
                     service.restore_previous(device, rd, rollout.id, outbox)
-                    continue
-            if now - (rd.active_at or now) >= gates.bake_s:
-                service.fire(rd, DeviceEvent.BAKED)
+                continue
+            if verdict.passed is False:
+                service.fire(rd, DeviceEvent.UNHEALTHY, verdict.reason)
+                service.restore_previous(device, rd, rollout.id, outbox)
+                continue
+            # promoted: the version now serves on this device, as in a rollout without a shadow phase
+            previous: list[Any] = list(rd.previous_models or [])
+            rd.revision = desired.set_desired(device, desired.with_bundle(previous, bundle, self.base_url))
+            rd.started_at = now
+            service.fire(rd, DeviceEvent.PROMOTE)
+            outbox.append((device.id, desired.desired_message(device, rollout.id)))
+            log.info("rollout %s: device %s promoted from shadow", rollout.id, device.id)
 
     def _failure_events(self, s: Session, bundle: Bundle, updating: list[RolloutDevice]) -> dict[str, str]:
         """Failure events the devices sent for this bundle since they started it (one query)."""
@@ -285,37 +375,6 @@ class RolloutController:
         ).all()
         started = {rd.device_id: rd.started_at or 0.0 for rd in updating}
         return {d: reason or "the device reported a failure" for d, reason, _t in rows if _t >= started[d]}
-
-    def _usage_since_active(self, s: Session, rollout_id: str, model: str) -> dict[str, tuple[int, int]]:
-        """Requests and errors of ``model`` on each baking device since it went active.
-
-        Counted from the per-model entries, so another model on the same device that misbehaves
-        does not fail this rollout.
-        """
-        rows = s.execute(
-            select(TelemetrySample.device_id, TelemetrySample.models)
-            .join(
-                RolloutDevice,
-                and_(
-                    RolloutDevice.device_id == TelemetrySample.device_id,
-                    RolloutDevice.rollout_id == rollout_id,
-                ),
-            )
-            .where(
-                RolloutDevice.state == DeviceState.BAKING.value,
-                TelemetrySample.received_at >= RolloutDevice.active_at,
-            )
-        ).all()
-        usage: dict[str, tuple[int, int]] = {}
-        for device_id, models in rows:
-            for m in models or ():
-                if m.get("name") == model:
-                    requests, errors = usage.get(device_id, (0, 0))
-                    usage[device_id] = (
-                        requests + int(m.get("requests", 0)),
-                        errors + int(m.get("errors", 0)),
-                    )
-        return usage
 
     def _start_next(
         self,
@@ -341,12 +400,21 @@ class RolloutController:
         devices = {
             d.id: d for d in s.scalars(select(Device).where(Device.id.in_([rd.device_id for rd in to_start])))
         }
+        shadow_phase = Gates.model_validate(rollout.gates).shadow is not None
         for rd in to_start:
             device = devices[rd.device_id]
             previous: list[Any] = list(device.desired_models)
             rd.previous_models = previous
-            rd.revision = desired.set_desired(device, desired.with_bundle(previous, bundle, self.base_url))
+            # a shadow runs beside another active version of its model: a device without one has
+            # nothing to compare with, so it takes the version directly (its bake gates still hold)
+            shadow = shadow_phase and any(
+                m.get("name") == bundle.name and not m.get("shadow") and m.get("version") != bundle.version
+                for m in previous
+            )
+            rd.revision = desired.set_desired(
+                device, desired.with_bundle(previous, bundle, self.base_url, shadow=shadow)
+            )
             rd.started_at = now
-            service.fire(rd, DeviceEvent.START)
+            service.fire(rd, DeviceEvent.SHADOW if shadow else DeviceEvent.START)
             outbox.append((device.id, desired.desired_message(device, rollout.id)))
         log.info("rollout %s: started %d device(s) of wave %d", rollout.id, len(to_start), wave)

@@ -16,16 +16,29 @@ def bundle_url(base_url: str, bundle: Bundle) -> str:
     return f"{base_url}/api/v1/bundles/{bundle.id}/download"
 
 
-def with_bundle(models: list[Any], bundle: Bundle, base_url: str) -> list[dict[str, Any]]:
-    """``models`` with the bundle's model name set to this bundle (other models unchanged)."""
+def with_bundle(
+    models: list[Any], bundle: Bundle, base_url: str, *, shadow: bool = False
+) -> list[dict[str, Any]]:
+    """``models`` with the bundle's model name set to this bundle (other models unchanged).
+
+    ``shadow``: the bundle goes beside the active entry of its name as a shadow (DesiredModel.shadow),
+    which answers no caller; the active entry stays as it is.
+    """
     entry = DesiredModel(
         name=bundle.name,
         version=bundle.version,
         bundle_url=bundle_url(base_url, bundle),
         sha256=bundle.sha256,
         size=bundle.size,
+        shadow=shadow,
     ).model_dump()
-    return [m for m in models if m.get("name") != bundle.name] + [entry]
+    if not shadow:
+        del entry["shadow"]  # the desired state of a plain update stays as older agents know it
+    if shadow:
+        kept = [m for m in models if not (m.get("name") == bundle.name and m.get("shadow"))]
+    else:
+        kept = [m for m in models if m.get("name") != bundle.name]
+    return [*kept, entry]
 
 
 def set_desired(device: Device, models: list[Any]) -> int:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from fleet import bundles as bundle_store
 from fleet import devices as device_registry
+from fleet.alerts.rules import Reference
 from fleet.db.models import Device, Rollout, RolloutDevice
 from fleet.db.session import get_existing
 from fleet.rollout import desired
@@ -24,7 +25,7 @@ from fleet.rollout.states import (
     device_transition,
     rollout_transition,
 )
-from fleet.schemas import RolloutCreate, Strategy
+from fleet.schemas import Gates, RolloutCreate, Strategy
 from sdk.errors import ConfigError, ConflictError
 from sdk.messages import DesiredState
 
@@ -47,8 +48,24 @@ def plan_waves(count: int, strategy: Strategy) -> list[int]:
     return waves
 
 
+def check_gates(gates: Gates, manifest: dict) -> None:
+    """Refuse gates relative to a figure the bundle's converter did not measure (they could never hold)."""
+    ref = Reference.of_manifest(manifest)
+    if gates.max_accuracy_drop is not None and ref.accuracy is None:
+        raise ConfigError(
+            "gates.max_accuracy_drop compares with the bundle's measured accuracy, which its manifest lacks"
+            " (convert with --eval data that has labels, or use gates.min_accuracy)"
+        )
+    if gates.max_latency_factor is not None and ref.latency_ms is None:
+        raise ConfigError(
+            "gates.max_latency_factor compares with the bundle's measured latency, which its manifest lacks"
+            " (use gates.max_latency_p99_ms)"
+        )
+
+
 def create(session: Session, data: RolloutCreate) -> Rollout:
     bundle = bundle_store.get(session, data.bundle_id)
+    check_gates(data.gates, bundle.manifest or {})
     sel = data.selector
     if sel.device_ids is not None:
         chosen = [device_registry.get(session, d) for d in sel.device_ids]
@@ -89,6 +106,7 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
         selector=sel.model_dump(),
         strategy=data.strategy.model_dump(),
         gates=data.gates.model_dump(),
+        alert_thresholds=data.alerts.model_dump(exclude_none=True) if data.alerts else None,
     )
     session.add(rollout)
     session.flush()

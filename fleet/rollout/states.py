@@ -14,6 +14,7 @@ from sdk.transitions import transition
 
 class DeviceState(str, Enum):
     PENDING = "pending"  # selected, desired state not yet changed
+    SHADOWING = "shadowing"  # runs the new version as a shadow beside the active one (a shadow phase)
     UPDATING = "updating"  # desired published, waiting for the device to report it
     BAKING = "baking"  # reported active, watching its telemetry for the bake time
     SUCCEEDED = "succeeded"
@@ -24,6 +25,8 @@ class DeviceState(str, Enum):
 
 class DeviceEvent(str, Enum):
     START = "start"
+    SHADOW = "shadow"  # the rollout starts the device with a shadow phase
+    PROMOTE = "promote"  # the shadow passed its gate: the device is given the version to serve
     ACTIVE = "active"  # the device reports the new version active at our revision
     FAIL = "fail"  # the device reports the update failed (download, verify, smoke test, activate)
     TIMEOUT = "timeout"  # no report within the update timeout
@@ -37,6 +40,12 @@ D, E = DeviceState, DeviceEvent
 DEVICE_TRANSITIONS: dict[tuple[DeviceState, DeviceEvent], DeviceState] = {
     (D.PENDING, E.START): D.UPDATING,
     (D.PENDING, E.ROLLBACK): D.SKIPPED,
+    (D.PENDING, E.SHADOW): D.SHADOWING,
+    (D.SHADOWING, E.PROMOTE): D.UPDATING,
+    (D.SHADOWING, E.FAIL): D.FAILED,
+    (D.SHADOWING, E.TIMEOUT): D.FAILED,
+    (D.SHADOWING, E.UNHEALTHY): D.FAILED,
+    (D.SHADOWING, E.ROLLBACK): D.ROLLED_BACK,
     (D.UPDATING, E.ACTIVE): D.BAKING,
     (D.UPDATING, E.FAIL): D.FAILED,
     (D.UPDATING, E.TIMEOUT): D.FAILED,
@@ -51,10 +60,10 @@ DEVICE_TRANSITIONS: dict[tuple[DeviceState, DeviceEvent], DeviceState] = {
 }
 
 #: states whose device still waits for something from the controller or the device.
-ACTIVE_DEVICE_STATES = frozenset({D.PENDING, D.UPDATING, D.BAKING})
-IN_FLIGHT_STATES = frozenset({D.UPDATING, D.BAKING})
+ACTIVE_DEVICE_STATES = frozenset({D.PENDING, D.SHADOWING, D.UPDATING, D.BAKING})
+IN_FLIGHT_STATES = frozenset({D.SHADOWING, D.UPDATING, D.BAKING})
 #: states in which the device's desired state names this rollout's bundle (roll back restores them).
-TOUCHED_STATES = frozenset({D.UPDATING, D.BAKING, D.SUCCEEDED, D.FAILED})
+TOUCHED_STATES = frozenset({D.SHADOWING, D.UPDATING, D.BAKING, D.SUCCEEDED, D.FAILED})
 
 
 class RolloutState(str, Enum):
