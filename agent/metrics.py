@@ -96,6 +96,12 @@ class AgentMetrics:
             labels,
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "edgefleet_agent_feedback_labels",
+            "Labels fed back, by outcome (accepted, unknown, expired, invalid).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
         self.http_errors = Counter(
             "edgefleet_agent_http_errors",
             "HTTP requests answered with an error status, by status code.",

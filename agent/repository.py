@@ -21,6 +21,8 @@ import numpy as np
 from agent.batching import Scheduler, SchedulingConfig
 from agent.drift import DriftTracker
 from agent.metrics import AgentMetrics, VersionMetrics
+from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
+from agent.monitoring.outputs import reader_for
 from agent.preload import OpenedRuntime, open_runtime
 from agent.runtimes import ModelRuntime
 from agent.stats import TelemetryBook, VersionStats
@@ -47,6 +49,9 @@ class LoadedModel:
     metrics: VersionMetrics
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    #: the model's monitor and this version's window; None with monitoring off or outputs it cannot read
+    monitor: ModelMonitor | None = None
+    window: VersionMonitor | None = None
 
 
 def _batchable(manifest: Manifest) -> bool:
@@ -62,8 +67,11 @@ class ModelRepository:
         executor: Executor,
         scheduling: Callable[[str], SchedulingConfig] | None = None,
         threads: int | None = None,
+        monitoring: MonitorSettings | None = None,
     ) -> None:
         self.store = store
+        self.monitoring = monitoring or MonitorSettings()
+        self._monitors: dict[str, ModelMonitor] = {}
         self.metrics = metrics
         self.book = TelemetryBook()
         self._executor = executor
@@ -91,6 +99,13 @@ class ModelRepository:
                 f"version {version!r} of model {name!r} is not being served (active: {model.version})"
             )
         return model
+
+    def monitor(self, name: str) -> ModelMonitor:
+        """The monitor of a model being served (feedback for a model not served is a 404)."""
+        model = self.get(name)
+        if model.monitor is None:
+            raise ModelNotFoundError(f"model {name!r} is not monitored (monitoring is off, or its outputs are not a classifier's or a single value)")
+        return model.monitor
 
     def loaded(self) -> dict[str, LoadedModel]:
         return dict(self._models)
@@ -152,6 +167,11 @@ class ModelRepository:
             return outputs
 
         scheduler = Scheduler(f"{name} {version}", run, self._executor, scheduling, _batchable(manifest))
+        reader = reader_for(manifest) if self.monitoring.enabled else None
+        monitor = window = None
+        if reader is not None:
+            monitor = self._monitors.setdefault(name, ModelMonitor(name, self.monitoring))
+            window = stats.monitor = monitor.for_version(version, manifest, reader)
         model = LoadedModel(
             name=name,
             version=version,
@@ -162,6 +182,8 @@ class ModelRepository:
             metrics=self.metrics.for_version(name, version),
             inputs={i.name: i for i in manifest.inputs},
             outputs={o.name: o for o in manifest.outputs},
+            monitor=monitor,
+            window=window,
         )
         # Warm up so the first real request does not pay for lazy allocations.
         if manifest.smoke is not None:

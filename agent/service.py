@@ -91,7 +91,12 @@ class AgentService:
         settings = self.settings
         self.metrics = AgentMetrics()
         self.repository = ModelRepository(
-            self.store, self.metrics, self.executor, settings.scheduling, settings.threads
+            self.store,
+            self.metrics,
+            self.executor,
+            settings.scheduling,
+            settings.threads,
+            monitoring=settings.monitor_settings(),
         )
         self.dataplane = DataPlane(self.repository, self.metrics)
         self.app = AgentApp(

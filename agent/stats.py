@@ -7,6 +7,8 @@ hands the interval's numbers to the sync side and starts a new interval.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -15,7 +17,8 @@ from agent.drift import DriftTracker
 
 if TYPE_CHECKING:
     # Imported when a snapshot is taken: its pydantic models cost start-up time (sync side only).
-    from sdk.messages import ModelTelemetry
+    from agent.monitoring.monitor import VersionMonitor
+    from sdk.messages import ModelTelemetry, ShadowQuality
 
 #: latencies kept per interval; beyond it a reservoir keeps a uniform sample.
 _MAX_SAMPLES = 20_000
@@ -32,6 +35,10 @@ class VersionStats:
         self.name = name
         self.version = version
         self.drift = drift
+        #: monitoring of this version (issue 9), when it is on and the model's outputs allow it
+        self.monitor: VersionMonitor | None = None
+        #: the shadow evaluation against this version, while one runs
+        self.shadow: Callable[[], ShadowQuality | None] | None = None
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
         self._reset()
@@ -60,7 +67,10 @@ class VersionStats:
             requests, errors, latencies = self.requests, self.errors, self._latencies
             self._reset()
         drift = self.drift.take()
-        if requests == 0 and not drift:
+        data_quality = self.drift.take_data_quality()
+        quality = self.monitor.quality(time.time(), data_quality) if self.monitor is not None else None
+        shadow = self.shadow() if self.shadow is not None else None
+        if requests == 0 and not drift and quality is None and shadow is None:
             return None
         from sdk.messages import ModelTelemetry
 
@@ -76,6 +86,8 @@ class VersionStats:
             latency_ms_p95=p95,
             latency_ms_p99=p99,
             drift=drift,
+            quality=quality,
+            shadow=shadow,
         )
 
 

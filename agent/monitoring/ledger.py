@@ -1,0 +1,69 @@
+"""Recent predictions by request id, so that labels fed back later can be joined to them.
+
+Bounded: at most ``capacity`` entries (the oldest go first) and none older than ``max_age_s``
+(answered as expired). Kept in memory only: labels for predictions made before a restart are
+answered as unknown. An entry holds the prediction summary (a class or value per row), never an
+input or an output tensor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agent.monitoring.outputs import Prediction
+
+#: request ids longer than this are not tracked (the OIP leaves the length to the server).
+MAX_ID_LENGTH = 256
+
+
+@dataclass
+class Entry:
+    time: float
+    version: str
+    group: str | None
+    prediction: Prediction
+    #: filled by the shadow worker when this request was mirrored and the shadow answered
+    shadow: Prediction | None = None
+    shadow_version: str | None = field(default=None)
+
+
+class PredictionLedger:
+    def __init__(self, capacity: int, max_age_s: float) -> None:
+        self.capacity = capacity
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, request_id: str, entry: Entry) -> None:
+        if len(request_id) > MAX_ID_LENGTH:
+            return
+        with self._lock:
+            # A repeated id replaces the earlier prediction: the label is for the latest answer.
+            self._entries.pop(request_id, None)
+            self._entries[request_id] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+                self.evicted += 1
+
+    def get(self, request_id: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get(request_id)
+
+    def take(self, request_id: str, now: float | None = None) -> tuple[Entry | None, bool]:
+        """Remove and return the entry (a second label for the same id is unknown); the flag says it
+        was there but too old."""
+        now = time.time() if now is None else now
+        with self._lock:
+            entry = self._entries.pop(request_id, None)
+        if entry is None:
+            return None, False
+        if now - entry.time > self.max_age_s:
+            return None, True
+        return entry, False
