@@ -164,6 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="models faster than this run on the server's event loop, skipping a thread hop (default 0.3)",
     )
+    p.add_argument(
+        "--no-monitoring",
+        dest="monitoring",
+        action="store_false",
+        help="turn model monitoring off (feedback, accuracy, bias, data quality; drift stays)",
+    )
+    p.add_argument(
+        "--monitor-min-samples",
+        type=int,
+        metavar="K",
+        default=20,
+        help="monitoring figures leave the device only over at least K samples; smaller groups are suppressed (default 20)",
+    )
+    p.add_argument(
+        "--monitor-window",
+        type=float,
+        metavar="SECONDS",
+        default=3600.0,
+        help="rolling window of the monitoring figures (default 3600)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="show installed and active versions and the last failure")
@@ -250,6 +270,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         inline_below_ms=args.inline_below_ms,
         model_batching=dict(args.model_batching),
         sync=sync,
+        monitoring=args.monitoring,
+        monitor_min_samples=args.monitor_min_samples,
+        monitor_window_s=args.monitor_window,
     )
     run_forever(settings)
     return 0

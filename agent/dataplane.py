@@ -95,13 +95,17 @@ class DataPlane:
             InferTensor(name=n, datatype=from_numpy_dtype(v.dtype), shape=list(v.shape), data=v)
             for n, v in result.outputs.items()
         ]
-        response = InferResponse(model_name=model.name, model_version=model.version, outputs=outputs, id=request.id)
+        response = InferResponse(
+            model_name=model.name, model_version=model.version, outputs=outputs, id=request.id
+        )
         if model.monitor is not None:
             response.after = lambda: self._observe(model, request.id, group, result.outputs)
         return response
 
     @staticmethod
-    def _observe(model: LoadedModel, request_id: str | None, group: str | None, outputs: Mapping[str, np.ndarray]) -> None:
+    def _observe(
+        model: LoadedModel, request_id: str | None, group: str | None, outputs: Mapping[str, np.ndarray]
+    ) -> None:
         """Monitoring of one answered request, run by the transport after the response is sent."""
         assert model.monitor is not None and model.window is not None
         try:
@@ -116,10 +120,14 @@ class DataPlane:
         monitor = self.repository.monitor(name)
         items = doc.get("feedback") if isinstance(doc, dict) else None
         if not isinstance(items, list):
-            raise InvalidInputError('feedback must be {"feedback": [{"id": "<request id>", "label": ...}, ...]}')
+            raise InvalidInputError(
+                'feedback must be {"feedback": [{"id": "<request id>", "label": ...}, ...]}'
+            )
         limit = monitor.settings.max_feedback
         if len(items) > limit:
-            raise InvalidInputError(f"{len(items)} feedback items in one call; this agent takes at most {limit}")
+            raise InvalidInputError(
+                f"{len(items)} feedback items in one call; this agent takes at most {limit}"
+            )
         result, _joined = monitor.feedback(items)
         for outcome, count in result.as_dict().items():
             if count:

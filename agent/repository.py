@@ -104,7 +104,9 @@ class ModelRepository:
         """The monitor of a model being served (feedback for a model not served is a 404)."""
         model = self.get(name)
         if model.monitor is None:
-            raise ModelNotFoundError(f"model {name!r} is not monitored (monitoring is off, or its outputs are not a classifier's or a single value)")
+            raise ModelNotFoundError(
+                f"model {name!r} is not monitored (monitoring is off, or its outputs are not a classifier's or a single value)"
+            )
         return model.monitor
 
     def loaded(self) -> dict[str, LoadedModel]:

@@ -153,7 +153,10 @@ def encode_request(
         else:
             entry["data"] = array.reshape(-1).tolist()
         tensors.append(entry)
-    doc: dict[str, Any] = {"inputs": tensors, "parameters": {**(parameters or {}), "binary_data_output": binary}}
+    doc: dict[str, Any] = {
+        "inputs": tensors,
+        "parameters": {**(parameters or {}), "binary_data_output": binary},
+    }
     if outputs is not None:
         doc["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
     if request_id is not None:

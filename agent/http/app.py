@@ -245,7 +245,11 @@ class AgentApp:
         self, scope: Scope, receive: Receive, *, json_only: bool, cap: int | None = None
     ) -> bytes | bytearray:
         """The body, refused (413) as soon as it passes the cap: the JSON cap for a JSON body."""
-        cap = min(self.max_json_bytes, self.max_body_bytes, cap or self.max_body_bytes) if json_only else self.max_body_bytes
+        cap = (
+            min(self.max_json_bytes, self.max_body_bytes, cap or self.max_body_bytes)
+            if json_only
+            else self.max_body_bytes
+        )
         what = "JSON request body" if json_only else "request body"
         hint = "; send large tensors with the binary tensor extension" if json_only else ""
         declared = _header(scope, b"content-length")

@@ -60,7 +60,12 @@ class FeedbackResult:
     invalid: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "unknown": self.unknown, "expired": self.expired, "invalid": self.invalid}
+        return {
+            "accepted": self.accepted,
+            "unknown": self.unknown,
+            "expired": self.expired,
+            "invalid": self.invalid,
+        }
 
 
 def _label_values(label: Any, reader: OutputReader) -> tuple[float | int, ...] | None:
@@ -88,7 +93,9 @@ def _label_values(label: Any, reader: OutputReader) -> tuple[float | int, ...] |
 class VersionMonitor:
     """The rolling window of one model version."""
 
-    def __init__(self, version: str, manifest: Manifest, reader: OutputReader, settings: MonitorSettings) -> None:
+    def __init__(
+        self, version: str, manifest: Manifest, reader: OutputReader, settings: MonitorSettings
+    ) -> None:
         self.version = version
         self.reader = reader
         self.settings = settings
@@ -109,7 +116,9 @@ class VersionMonitor:
                 self._rows.append((now, group, value, conf[i] if conf else math.nan))
             self._touched = True
 
-    def add_labels(self, now: float, group: str | None, prediction: Prediction, labels: tuple[float | int, ...]) -> None:
+    def add_labels(
+        self, now: float, group: str | None, prediction: Prediction, labels: tuple[float | int, ...]
+    ) -> None:
         with self._lock:
             for predicted, true in zip(prediction.values, labels, strict=True):
                 self._labels.append((now, group, predicted, true))
@@ -144,7 +153,9 @@ class VersionMonitor:
 
     # --------------------------------------------------------------------------------- figures
 
-    def _prediction_figures(self, rows: list[tuple[float, str | None, float, float]], k: int) -> dict[str, Any]:
+    def _prediction_figures(
+        self, rows: list[tuple[float, str | None, float, float]], k: int
+    ) -> dict[str, Any]:
         if len(rows) < k:
             return {}
         values = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
@@ -157,7 +168,9 @@ class VersionMonitor:
             confidence = np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows))
             edges = ref.calibration_edges if ref is not None else None
             accuracy = ref.calibration_accuracy if ref is not None else None
-            out["estimated_accuracy"] = round(float(np.mean(scores.calibrated(confidence, edges, accuracy))), 6)
+            out["estimated_accuracy"] = round(
+                float(np.mean(scores.calibrated(confidence, edges, accuracy))), 6
+            )
         elif self._output_ref is not None and len(self._output_ref.hist_edges) >= 2:
             edges = np.asarray(self._output_ref.hist_edges)
             idx = np.searchsorted(edges[1:-1], values, side="right")
@@ -184,7 +197,13 @@ class VersionMonitor:
             "macro_recall": _r(scores.macro([c.recall for c in per_class])),
             "macro_f1": _r(scores.macro([c.f1 for c in per_class])),
             "classes": [
-                ClassQuality(label=str(i), support=c.support, precision=_r(c.precision), recall=_r(c.recall), f1=_r(c.f1))
+                ClassQuality(
+                    label=str(i),
+                    support=c.support,
+                    precision=_r(c.precision),
+                    recall=_r(c.recall),
+                    f1=_r(c.f1),
+                )
                 for i, c in enumerate(per_class)
             ][:256],
         }
@@ -193,7 +212,10 @@ class VersionMonitor:
         return out
 
     def _group_figures(
-        self, rows: list[tuple[float, str | None, float, float]], labels: list[tuple[float, str | None, float, float]], k: int
+        self,
+        rows: list[tuple[float, str | None, float, float]],
+        labels: list[tuple[float, str | None, float, float]],
+        k: int,
     ) -> dict[str, Any]:
         from sdk.messages import GroupQuality
 
@@ -283,7 +305,9 @@ class ModelMonitor:
         self.ledger.add(request_id, entry)
         return entry
 
-    def feedback(self, items: list[Any]) -> tuple[FeedbackResult, list[tuple[Entry, tuple[float | int, ...]]]]:
+    def feedback(
+        self, items: list[Any]
+    ) -> tuple[FeedbackResult, list[tuple[Entry, tuple[float | int, ...]]]]:
         """Join labels to earlier predictions; returns the counts and the joined pairs."""
         accepted = unknown = expired = invalid = 0
         joined: list[tuple[Entry, tuple[float | int, ...]]] = []

@@ -63,7 +63,11 @@ def _float(spec: TensorSpec) -> bool:
 
 
 def reader_for(manifest: Manifest) -> OutputReader | None:
-    named = manifest.reference.predictions.output if manifest.reference and manifest.reference.predictions else None
+    named = (
+        manifest.reference.predictions.output
+        if manifest.reference and manifest.reference.predictions
+        else None
+    )
     candidates = [o for o in manifest.outputs if _float(o) and (named is None or o.name == named)]
     if not candidates:
         return None
