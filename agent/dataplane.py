@@ -99,17 +99,25 @@ class DataPlane:
             model_name=model.name, model_version=model.version, outputs=outputs, id=request.id
         )
         if model.monitor is not None:
-            response.after = lambda: self._observe(model, request.id, group, result.outputs)
+            response.after = lambda: self._observe(model, request.id, group, inputs, result.outputs)
         return response
 
-    @staticmethod
     def _observe(
-        model: LoadedModel, request_id: str | None, group: str | None, outputs: Mapping[str, np.ndarray]
+        self,
+        model: LoadedModel,
+        request_id: str | None,
+        group: str | None,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
     ) -> None:
-        """Monitoring of one answered request, run by the transport after the response is sent."""
+        """Monitoring of one answered request, run by the transport after the response is sent:
+        O(outputs) here; a mirrored request only enters the shadow's bounded queue."""
         assert model.monitor is not None and model.window is not None
         try:
-            model.monitor.observe(model.window, request_id, group, outputs)
+            prediction, entry = model.monitor.observe(model.window, request_id, group, outputs)
+            shadow = self.repository.shadow(model.name)
+            if prediction is not None and shadow is not None and shadow.active is model.runtime:
+                shadow.offer(inputs, prediction, entry)
         except Exception:  # monitoring must never cost a request
             log.exception("monitoring %s %s failed", model.name, model.version)
 
@@ -128,7 +136,11 @@ class DataPlane:
             raise InvalidInputError(
                 f"{len(items)} feedback items in one call; this agent takes at most {limit}"
             )
-        result, _joined = monitor.feedback(items)
+        result, joined = monitor.feedback(items)
+        shadow = self.repository.shadow(name)
+        if shadow is not None:
+            for entry, labels in joined:
+                shadow.label(entry, labels)
         for outcome, count in result.as_dict().items():
             if count:
                 self.metrics.feedback.labels(name, outcome).inc(count)

@@ -23,6 +23,7 @@ from agent.drift import DriftTracker
 from agent.metrics import AgentMetrics, VersionMetrics
 from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
 from agent.monitoring.outputs import reader_for
+from agent.monitoring.shadow import ShadowRunner, ShadowSettings
 from agent.preload import OpenedRuntime, open_runtime
 from agent.runtimes import ModelRuntime
 from agent.stats import TelemetryBook, VersionStats
@@ -68,10 +69,14 @@ class ModelRepository:
         scheduling: Callable[[str], SchedulingConfig] | None = None,
         threads: int | None = None,
         monitoring: MonitorSettings | None = None,
+        shadowing: ShadowSettings | None = None,
     ) -> None:
         self.store = store
         self.monitoring = monitoring or MonitorSettings()
+        self.shadowing = shadowing or ShadowSettings()
         self._monitors: dict[str, ModelMonitor] = {}
+        #: model name -> the shadow version answering mirrored requests beside the active one
+        self._shadows: dict[str, ShadowRunner] = {}
         self.metrics = metrics
         self.book = TelemetryBook()
         self._executor = executor
@@ -87,6 +92,7 @@ class ModelRepository:
         spare = dict(opened or {})
         for name in self.store.active_versions():
             self._reload(name, spare)
+            self._sync_shadow(name)
         for left in spare.values():  # the store moved on while they loaded
             left.runtime.close()
 
@@ -109,6 +115,9 @@ class ModelRepository:
             )
         return model.monitor
 
+    def shadow(self, name: str) -> ShadowRunner | None:
+        return self._shadows.get(name)
+
     def loaded(self) -> dict[str, LoadedModel]:
         return dict(self._models)
 
@@ -119,8 +128,48 @@ class ModelRepository:
         return self.book.telemetry_snapshot()
 
     def reload(self, name: str) -> None:
-        """Serve the store's active version of ``name``; a version that fails to load is not swapped in."""
+        """Serve the store's active version of ``name``; a version that fails to load is not swapped in.
+        Then follow the store's shadow of ``name`` (start, replace or stop its runner)."""
         self._reload(name, {})
+        self._sync_shadow(name)
+
+    def _sync_shadow(self, name: str) -> None:
+        with self._reload_lock:
+            wanted = self.store.shadow_versions().get(name)
+            model = self._models.get(name)
+            runner = self._shadows.get(name)
+            if model is None or model.window is None or wanted == model.version:
+                wanted = None  # nothing to compare with, or promoted
+            if runner is not None and runner.version == wanted and runner.active is model.runtime:  # type: ignore[union-attr]
+                return
+            if runner is not None:
+                del self._shadows[name]
+                self._stop_shadow(runner)
+            if wanted is None or model is None or model.window is None:
+                return
+            try:
+                opened = open_runtime(self.store, name, wanted, threads=self._threads)
+            except EdgeError as exc:
+                log.error("cannot load shadow %s %s: %s", name, wanted, exc)
+                return
+            reader = reader_for(opened.runtime.manifest)
+            if reader != model.window.reader:
+                opened.runtime.close()
+                log.error(
+                    "shadow %s %s: its outputs cannot be compared with %s's", name, wanted, model.version
+                )
+                return
+            settings = self.shadowing
+            runner = ShadowRunner(name, wanted, opened.runtime, reader, model.runtime, settings)
+            self._shadows[name] = runner
+            model.stats.shadow = runner.quality
+            log.info("shadow %s %s runs beside %s", name, wanted, model.version)
+
+    def _stop_shadow(self, runner: ShadowRunner) -> None:
+        for stats in self.book.all():
+            if stats.shadow == runner.quality:
+                stats.shadow = None
+        threading.Thread(target=runner.close, name=f"shadow-stop-{runner.name}", daemon=True).start()
 
     def _reload(self, name: str, opened: dict[tuple[str, str], OpenedRuntime]) -> None:
         with self._reload_lock:

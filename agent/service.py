@@ -97,6 +97,7 @@ class AgentService:
             settings.scheduling,
             settings.threads,
             monitoring=settings.monitor_settings(),
+            shadowing=settings.shadow_settings(),
         )
         self.dataplane = DataPlane(self.repository, self.metrics)
         self.app = AgentApp(

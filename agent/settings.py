@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agent.batching import SchedulingConfig
 from agent.monitoring.monitor import MonitorSettings
+from agent.monitoring.shadow import ShadowSettings
 from sdk.errors import ConfigError
 
 
@@ -82,6 +83,9 @@ class AgentSettings(BaseModel):
     monitor_ledger_max_age_s: float = Field(7 * 86_400.0, gt=0)
     #: the class the bias figures compare (fairlearn's pos_label)
     monitor_positive_class: int = Field(1, ge=0)
+    #: shadow evaluation: the share of live requests mirrored to a shadow version, and its queue
+    shadow_share: float = Field(0.25, ge=0, le=1)
+    shadow_queue: int = Field(16, ge=1, le=10_000)
 
     #: per model batching that overrides the defaults above: name -> (max batch size, max queue delay ms).
     model_batching: dict[str, tuple[int, float]] = Field(default_factory=dict)
@@ -117,6 +121,14 @@ class AgentSettings(BaseModel):
             ledger_size=self.monitor_ledger_size,
             ledger_max_age_s=self.monitor_ledger_max_age_s,
             positive_class=self.monitor_positive_class,
+        )
+
+    def shadow_settings(self) -> ShadowSettings:
+        return ShadowSettings(
+            share=self.shadow_share,
+            queue=self.shadow_queue,
+            min_samples=self.monitor_min_samples,
+            window_s=self.monitor_window_s,
         )
 
     def trusted_key_paths(self) -> list[Path]:

@@ -105,6 +105,10 @@ class TelemetryBook:
                 stats = self._stats[(name, version)] = VersionStats(name, version, drift)
             return stats
 
+    def all(self) -> list[VersionStats]:
+        with self._lock:
+            return list(self._stats.values())
+
     def telemetry_snapshot(self) -> list[ModelTelemetry]:
         with self._lock:
             items = list(self._stats.values())

@@ -292,18 +292,19 @@ class ModelMonitor:
 
     def observe(
         self, monitor: VersionMonitor, request_id: str | None, group: str | None, outputs: Mapping[str, Any]
-    ) -> Entry | None:
-        """One answered request (called after its response was sent)."""
+    ) -> tuple[Prediction | None, Entry | None]:
+        """One answered request (called after its response was sent): its prediction, and its
+        ledger entry when it had an id to join labels by."""
         prediction = monitor.reader.read(outputs)
         if prediction is None:
-            return None
+            return None, None
         now = time.time()
         monitor.observe(now, group, prediction)
         if request_id is None or len(prediction.values) > MAX_TRACKED_ROWS:
-            return None
+            return prediction, None
         entry = Entry(now, monitor.version, group, prediction)
         self.ledger.add(request_id, entry)
-        return entry
+        return prediction, entry
 
     def feedback(
         self, items: list[Any]
