@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="rolling window of the monitoring figures (default 3600)",
     )
+    p.add_argument(
+        "--shadow-share",
+        type=float,
+        metavar="SHARE",
+        default=0.25,
+        help="share of live requests mirrored to a shadow version under evaluation (default 0.25)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="show installed and active versions and the last failure")
@@ -273,6 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         monitoring=args.monitoring,
         monitor_min_samples=args.monitor_min_samples,
         monitor_window_s=args.monitor_window,
+        shadow_share=args.shadow_share,
     )
     run_forever(settings)
     return 0

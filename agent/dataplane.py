@@ -116,7 +116,7 @@ class DataPlane:
         try:
             prediction, entry = model.monitor.observe(model.window, request_id, group, outputs)
             shadow = self.repository.shadow(model.name)
-            if prediction is not None and shadow is not None and shadow.active is model.runtime:
+            if prediction is not None and shadow is not None and shadow.active_version == model.version:
                 shadow.offer(inputs, prediction, entry)
         except Exception:  # monitoring must never cost a request
             log.exception("monitoring %s %s failed", model.name, model.version)

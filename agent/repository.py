@@ -140,15 +140,20 @@ class ModelRepository:
             runner = self._shadows.get(name)
             if model is None or model.window is None or wanted == model.version:
                 wanted = None  # nothing to compare with, or promoted
-            if runner is not None and runner.version == wanted and runner.active is model.runtime:  # type: ignore[union-attr]
+            if (
+                runner is not None
+                and model is not None
+                and (runner.version, runner.active_version) == (wanted, model.version)
+            ):
                 return
             if runner is not None:
                 del self._shadows[name]
                 self._stop_shadow(runner)
             if wanted is None or model is None or model.window is None:
                 return
+            # One intra-op thread each: ONNX Runtime then runs them on the shadow's low-priority worker.
             try:
-                opened = open_runtime(self.store, name, wanted, threads=self._threads)
+                opened = open_runtime(self.store, name, wanted, threads=1)
             except EdgeError as exc:
                 log.error("cannot load shadow %s %s: %s", name, wanted, exc)
                 return
@@ -159,8 +164,17 @@ class ModelRepository:
                     "shadow %s %s: its outputs cannot be compared with %s's", name, wanted, model.version
                 )
                 return
-            settings = self.shadowing
-            runner = ShadowRunner(name, wanted, opened.runtime, reader, model.runtime, settings)
+            try:
+                active = open_runtime(self.store, name, model.version, threads=1)
+            except EdgeError as exc:
+                opened.runtime.close()
+                log.error(
+                    "cannot load a second session of %s %s for its shadow: %s", name, model.version, exc
+                )
+                return
+            runner = ShadowRunner(
+                name, wanted, opened.runtime, reader, active.runtime, model.version, self.shadowing
+            )
             self._shadows[name] = runner
             model.stats.shadow = runner.quality
             log.info("shadow %s %s runs beside %s", name, wanted, model.version)

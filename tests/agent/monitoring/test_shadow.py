@@ -102,8 +102,9 @@ def test_a_full_shadow_queue_drops_and_counts_instead_of_waiting() -> None:
         "2",
         shadow,
         OutputReader("classifier", "y", 3),
-        active,
-        ShadowSettings(share=1.0, queue=2),  # type: ignore[arg-type]
+        active,  # type: ignore[arg-type]
+        "1",
+        ShadowSettings(share=1.0, queue=2),
     )
     prediction = Prediction((0,), (0.9,))
     started = time.perf_counter()
