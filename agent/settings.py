@@ -79,7 +79,7 @@ class AgentSettings(BaseModel):
     monitor_min_samples: int = Field(20, ge=1)
     monitor_window_s: float = Field(3600.0, gt=0, le=30 * 86_400)
     #: recent predictions kept for joining labels fed back later, and for how long
-    monitor_ledger_size: int = Field(100_000, ge=0)
+    monitor_ledger_size: int = Field(20_000, ge=0)
     monitor_ledger_max_age_s: float = Field(7 * 86_400.0, gt=0)
     #: the class the bias figures compare (fairlearn's pos_label)
     monitor_positive_class: int = Field(1, ge=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agent.monitoring.outputs import Prediction
 
@@ -19,7 +19,7 @@ from agent.monitoring.outputs import Prediction
 MAX_ID_LENGTH = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     time: float
     version: str
@@ -27,7 +27,7 @@ class Entry:
     prediction: Prediction
     #: filled by the shadow worker when this request was mirrored and the shadow answered
     shadow: Prediction | None = None
-    shadow_version: str | None = field(default=None)
+    shadow_version: str | None = None
 
 
 class PredictionLedger:

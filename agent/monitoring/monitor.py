@@ -41,9 +41,10 @@ class MonitorSettings:
     #: k: no figure is computed over fewer samples, and a group with fewer is suppressed.
     min_samples: int = 20
     window_s: float = 3600.0
-    window_rows: int = 50_000
-    #: predictions kept for joining labels, and for how long
-    ledger_size: int = 100_000
+    #: rows kept per window (predictions, and labels), about 115 bytes each
+    window_rows: int = 20_000
+    #: predictions kept for joining labels (about 430 bytes each with a 40-character id: 8.5 MB), and for how long
+    ledger_size: int = 20_000
     ledger_max_age_s: float = 7 * 86_400.0
     #: the class whose selection rate and recall the bias figures compare (fairlearn's pos_label)
     positive_class: int = 1

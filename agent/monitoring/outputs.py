@@ -4,8 +4,9 @@ row (single-value regression). The summary is all the agent keeps of an output.
 Which output, and which kind, is read once per version from the manifest: the reference's
 ``predictions.output`` when the converter named it, else the first floating-point output; shape
 [batch, C] with C >= 2 is a classifier (argmax, largest softmax probability as confidence), shape
-[batch] or [batch, 1] a regression. Other outputs (images, sequences, embeddings wider than
-classes are indistinguishable from classes and are read as classes) get drift and data quality only.
+[batch] or [batch, 1] a regression. Any other output (images, sequences) gets drift and data
+quality only. A [batch, C] output that is not class scores (an embedding) cannot be told apart from
+one and is read as classes: its figures are then meaningless, not harmful.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MAX_TRACKED_ROWS = 64
 Kind = Literal["classifier", "regression"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prediction:
     #: per row: the predicted class (int) or value (float)
     values: tuple[float | int, ...]

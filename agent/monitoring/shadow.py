@@ -48,7 +48,7 @@ class ShadowSettings:
     max_bytes: int = 1024 * 1024
     min_samples: int = 20
     window_s: float = 3600.0
-    window_rows: int = 50_000
+    window_rows: int = 20_000
 
 
 def agree(active: Prediction, shadow: Prediction) -> bool:
