@@ -172,8 +172,16 @@ class ModelRepository:
                     "cannot load a second session of %s %s for its shadow: %s", name, model.version, exc
                 )
                 return
+            counter = self.metrics.shadow
             runner = ShadowRunner(
-                name, wanted, opened.runtime, reader, active.runtime, model.version, self.shadowing
+                name,
+                wanted,
+                opened.runtime,
+                reader,
+                active.runtime,
+                model.version,
+                self.shadowing,
+                count=lambda outcome: counter.labels(name, outcome).inc(),
             )
             self._shadows[name] = runner
             model.stats.shadow = runner.quality

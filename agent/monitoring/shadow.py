@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,7 @@ class ShadowRunner:
         active: ModelRuntime,
         active_version: str,
         settings: ShadowSettings,
+        count: Callable[[str], None] | None = None,
     ) -> None:
         """``runtime`` (the shadow) and ``active`` (a second session of the active version) belong
         to the runner: :meth:`close` releases both."""
@@ -81,6 +82,9 @@ class ShadowRunner:
         self.reader = reader
         self.active = active
         self.active_version = active_version
+        #: called with "mirrored" or "dropped" per offered request (Prometheus)
+        self._count = count or (lambda _outcome: None)
+        self._dropped_since = 0
         self.settings = settings
         self._queue: queue.Queue[tuple[dict[str, np.ndarray], Prediction, Entry | None] | None] = queue.Queue(
             settings.queue
@@ -107,8 +111,13 @@ class ShadowRunner:
         try:
             self._queue.put_nowait((dict(inputs), prediction, entry))
             self.mirrored += 1
+            self._count("mirrored")
         except queue.Full:
             self.dropped += 1
+            self._count("dropped")
+            with self._lock:
+                self._dropped_since += 1
+                self._touched = True
 
     def label(self, entry: Entry, labels: tuple[float | int, ...]) -> None:
         """A label for a mirrored request: both versions' answers are scored against it."""
@@ -187,10 +196,15 @@ class ShadowRunner:
             for window in (self._runs, self._labels):
                 while window and window[0][0] < cutoff:
                     window.popleft()
-            runs, labels, errors = list(self._runs), list(self._labels), self.errors
-            self.errors = 0
+            runs, labels, errors, dropped = (
+                list(self._runs),
+                list(self._labels),
+                self.errors,
+                self._dropped_since,
+            )
+            self.errors = self._dropped_since = 0
         k = self.settings.min_samples
-        q = ShadowQuality(version=self.version, samples=len(runs), errors=errors)
+        q = ShadowQuality(version=self.version, samples=len(runs), errors=errors, dropped=dropped)
         if len(runs) >= k:
             shadow_ms = np.asarray([r[2] for r in runs])
             active_ms = np.asarray([r[3] for r in runs])

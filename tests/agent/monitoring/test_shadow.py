@@ -57,6 +57,8 @@ def test_a_worse_shadow_answers_no_caller_and_shows_in_telemetry(
     assert shadow.active_accuracy == 1.0 and shadow.accuracy is not None and shadow.accuracy < 0.5
     assert shadow.latency_ms_p50 is not None and shadow.active_latency_ms_p50 is not None
     assert telemetry.quality is not None and telemetry.quality.accuracy == 1.0  # the active's own
+    exposition = agent.metrics.exposition().decode()
+    assert 'edgefleet_agent_shadow_requests_total{model="affine",outcome="mirrored"} 30.0' in exposition
 
     # promoted by the fleet (a plain desired version): the shadow ends and v2 serves
     store.activate("affine", "2")
@@ -113,6 +115,8 @@ def test_a_full_shadow_queue_drops_and_counts_instead_of_waiting() -> None:
     assert time.perf_counter() - started < 5  # never blocked on the stalled worker
     # one taken by the worker, two waiting, the rest dropped
     assert runner.mirrored + runner.dropped == 10 and runner.dropped >= 7
+    quality = runner.quality()
+    assert quality is not None and quality.dropped == runner.dropped and quality.samples == 0
     shadow.gate.set()
     active.gate.set()
     runner.close()
