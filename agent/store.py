@@ -228,10 +228,7 @@ class ModelStore:
             try:
                 manifest = self._unpack(Path(bundle_path), staging)
                 name, version = manifest.name, manifest.version
-                if self._active(name) == version:
-                    raise ModelStoreError(
-                        f"{name} {version} is the active version; it cannot be its own shadow"
-                    )
+                self._check_shadowable(name, version)
                 self._place(staging, name, version, self._check(staging))
                 self._write_shadow(name, version)
             finally:
@@ -247,8 +244,7 @@ class ModelStore:
             self._require_resting()
             if not self.has_version(name, version):
                 raise ModelStoreError(f"{name} {version} is not installed")
-            if self._active(name) == version:
-                raise ModelStoreError(f"{name} {version} is the active version; it cannot be its own shadow")
+            self._check_shadowable(name, version)
             directory = self.version_dir(name, version)
             write_stamp(directory, self._check(directory))
             self._write_shadow(name, version)
@@ -266,6 +262,13 @@ class ModelStore:
             fsync_dir(path.parent)
             self._prune(name)
         self._notify(name)
+
+    def _check_shadowable(self, name: str, version: str) -> None:
+        active = self._active(name)
+        if active is None:
+            raise ModelStoreError(f"{name} has no active version for {version} to shadow")
+        if active == version:
+            raise ModelStoreError(f"{name} {version} is the active version; it cannot be its own shadow")
 
     def _write_shadow(self, name: str, version: str) -> None:
         write_atomic(self.models_dir / name / "shadow.json", json.dumps({"version": version}).encode("utf-8"))

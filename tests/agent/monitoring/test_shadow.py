@@ -71,6 +71,8 @@ def test_a_worse_shadow_answers_no_caller_and_shows_in_telemetry(
 def test_clearing_a_shadow_prunes_it_and_the_active_cannot_shadow_itself(
     store: ModelStore, make_affine: Callable[..., Path]
 ) -> None:
+    with pytest.raises(ModelStoreError, match="no active version"):
+        store.install_shadow(make_affine("2", scale=3.0))
     store.install(make_affine("1"))
     with pytest.raises(ModelStoreError, match="cannot be its own shadow"):
         store.install_shadow(make_affine("1"))
