@@ -90,11 +90,16 @@ class ModelRepository:
     def load_all(self, opened: Mapping[tuple[str, str], OpenedRuntime] | None = None) -> None:
         """Serve every active version; ``opened`` holds runtimes already loaded (:mod:`agent.preload`)."""
         spare = dict(opened or {})
-        for name in self.store.active_versions():
+        names = list(self.store.active_versions())
+        for name in names:
             self._reload(name, spare)
-            self._sync_shadow(name)
         for left in spare.values():  # the store moved on while they loaded
             left.runtime.close()
+        if self.store.shadow_versions():
+            # Shadows answer no caller: they load after start-up, not before the agent is ready.
+            threading.Thread(
+                target=lambda: [self._sync_shadow(n) for n in names], name="shadow-load", daemon=True
+            ).start()
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         model = self._models.get(name)

@@ -122,3 +122,20 @@ def test_a_full_shadow_queue_drops_and_counts_instead_of_waiting() -> None:
     shadow.gate.set()
     active.gate.set()
     runner.close()
+
+
+def test_a_shadow_installed_before_a_restart_runs_again_after_it(
+    store: ModelStore, make_affine: Callable[..., Path], start_agent: Callable[..., AgentService]
+) -> None:
+    store.install(make_affine("1", scale=2.0))
+    store.install_shadow(make_affine("2", scale=2.0))  # the same function: it agrees with the active
+    agent = start_agent(monitor_min_samples=5, shadow_share=1.0)
+    _wait(lambda: agent.repository.shadow("affine") is not None)
+    with AgentClient(agent.url) as client:
+        for _ in range(8):
+            assert client.infer("affine", {"x": np.ones((1, 4), np.float32)}).model_version == "1"
+    runner = agent.repository.shadow("affine")
+    assert runner is not None
+    _wait(lambda: len(runner._runs) == 8)
+    [telemetry] = agent.repository.telemetry_snapshot()
+    assert telemetry.shadow is not None and telemetry.shadow.agreement == 1.0
