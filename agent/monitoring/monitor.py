@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from agent.drift import psi
 from agent.monitoring import scores
 from agent.monitoring.ledger import Entry, PredictionLedger
 from agent.monitoring.outputs import MAX_TRACKED_ROWS, OutputReader, Prediction
+from agent.monitoring.window import NO_GROUP, Ring
 from sdk.errors import InvalidInputError
 from sdk.manifest import Manifest
 
@@ -104,25 +104,36 @@ class VersionMonitor:
         self._predictions_ref = ref.predictions if ref is not None else None
         self._output_ref = ref.outputs.get(reader.output) if ref is not None else None
         self._lock = threading.Lock()
-        # (time, group, predicted, confidence) per row
-        self._rows: deque[tuple[float, str | None, float, float]] = deque(maxlen=settings.window_rows)
-        # (time, group, predicted, true) per labelled row
-        self._labels: deque[tuple[float, str | None, float, float]] = deque(maxlen=settings.window_rows)
+        # per row: time, group, predicted class or value, confidence (NaN for regressions)
+        self._rows = Ring(settings.window_rows)
+        # per labelled row: time, group, predicted, true
+        self._labels = Ring(settings.window_rows)
+        self._group_codes: dict[str, int] = {}
         self._touched = False
 
+    def _code(self, group: str | None) -> int:
+        if group is None:
+            return NO_GROUP
+        code = self._group_codes.get(group)
+        if code is None:
+            code = self._group_codes[group] = len(self._group_codes)
+        return code
+
     def observe(self, now: float, group: str | None, prediction: Prediction) -> None:
-        conf = prediction.confidence or ()
+        conf = prediction.confidence
         with self._lock:
+            code = self._code(group)
             for i, value in enumerate(prediction.values):
-                self._rows.append((now, group, value, conf[i] if conf else math.nan))
+                self._rows.append(now, code, value, conf[i] if conf else math.nan)
             self._touched = True
 
     def add_labels(
         self, now: float, group: str | None, prediction: Prediction, labels: tuple[float | int, ...]
     ) -> None:
         with self._lock:
+            code = self._code(group)
             for predicted, true in zip(prediction.values, labels, strict=True):
-                self._labels.append((now, group, predicted, true))
+                self._labels.append(now, code, predicted, true)
             self._touched = True
 
     def quality(self, now: float, data_quality: tuple[int, int, int] | None = None) -> ModelQuality | None:
@@ -132,41 +143,39 @@ class VersionMonitor:
         cutoff = now - self.settings.window_s
         with self._lock:
             touched, self._touched = self._touched, False
-            for window in (self._rows, self._labels):
-                while window and window[0][0] < cutoff:
-                    window.popleft()
-            rows, labels = list(self._rows), list(self._labels)
+            rows, labels = self._rows.since(cutoff), self._labels.since(cutoff)
+            names = {code: name for name, code in self._group_codes.items()}
         if not touched and not data_quality:
             return None
         k = self.settings.min_samples
         figures: dict[str, Any] = {}
-        figures.update(self._prediction_figures(rows, k))
-        figures.update(self._label_figures(labels, k))
-        figures.update(self._group_figures(rows, labels, k))
+        figures.update(self._prediction_figures(rows[1], rows[2], k))
+        figures.update(self._label_figures(labels[1], labels[2], k))
+        figures.update(self._group_figures(rows, labels, names, k))
         if data_quality is not None:
             values, non_finite, out_of_range = data_quality
             if values >= k:
                 figures["nan_share"] = round(non_finite / values, 6)
                 figures["out_of_range_share"] = round(out_of_range / values, 6)
         return ModelQuality(
-            window_s=self.settings.window_s, samples=len(rows), labeled=len(labels), min_samples=k, **figures
+            window_s=self.settings.window_s,
+            samples=len(rows[0]),
+            labeled=len(labels[0]),
+            min_samples=k,
+            **figures,
         )
 
     # --------------------------------------------------------------------------------- figures
 
-    def _prediction_figures(
-        self, rows: list[tuple[float, str | None, float, float]], k: int
-    ) -> dict[str, Any]:
-        if len(rows) < k:
+    def _prediction_figures(self, values: np.ndarray, confidence: np.ndarray, k: int) -> dict[str, Any]:
+        if len(values) < k:
             return {}
-        values = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
         out: dict[str, Any] = {}
         if self.reader.kind == "classifier":
             counts = np.bincount(values.astype(np.int64), minlength=self.reader.n_classes).astype(np.float64)
             ref = self._predictions_ref
             if ref is not None and len(ref.class_fractions) == self.reader.n_classes:
                 out["prediction_drift"] = round(psi(np.asarray(ref.class_fractions), counts), 6)
-            confidence = np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows))
             edges = ref.calibration_edges if ref is not None else None
             accuracy = ref.calibration_accuracy if ref is not None else None
             out["estimated_accuracy"] = round(
@@ -179,11 +188,9 @@ class VersionMonitor:
             out["prediction_drift"] = round(psi(np.asarray(self._output_ref.hist_fractions), counts), 6)
         return out
 
-    def _label_figures(self, labels: list[tuple[float, str | None, float, float]], k: int) -> dict[str, Any]:
-        if len(labels) < k:
+    def _label_figures(self, y_pred: np.ndarray, y_true: np.ndarray, k: int) -> dict[str, Any]:
+        if len(y_pred) < k:
             return {}
-        y_pred = np.fromiter((r[2] for r in labels), dtype=np.float64, count=len(labels))
-        y_true = np.fromiter((r[3] for r in labels), dtype=np.float64, count=len(labels))
         if self.reader.kind == "regression":
             mae, rmse = scores.regression_errors(y_true, y_pred)
             return {"mae": round(mae, 6), "rmse": round(rmse, 6)}
@@ -193,7 +200,7 @@ class VersionMonitor:
         matrix = scores.confusion(y_true, y_pred, n)
         per_class = scores.class_scores(matrix, k)
         out: dict[str, Any] = {
-            "accuracy": _r(float(np.trace(matrix)) / len(labels)),
+            "accuracy": _r(float(np.trace(matrix)) / len(y_pred)),
             "macro_precision": _r(scores.macro([c.precision for c in per_class])),
             "macro_recall": _r(scores.macro([c.recall for c in per_class])),
             "macro_f1": _r(scores.macro([c.f1 for c in per_class])),
@@ -214,22 +221,24 @@ class VersionMonitor:
 
     def _group_figures(
         self,
-        rows: list[tuple[float, str | None, float, float]],
-        labels: list[tuple[float, str | None, float, float]],
+        rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        labels: tuple[np.ndarray, np.ndarray, np.ndarray],
+        names: dict[int, str],
         k: int,
     ) -> dict[str, Any]:
         from sdk.messages import GroupQuality
 
-        names = sorted({r[1] for r in rows if r[1] is not None} | {r[1] for r in labels if r[1] is not None})
-        if not names:
+        codes = (set(np.unique(rows[0]).tolist()) | set(np.unique(labels[0]).tolist())) - {NO_GROUP}
+        if not codes:
             return {}
         classifier = self.reader.kind == "classifier"
         positive = self.settings.positive_class
         groups: list[GroupQuality] = []
         rates: list[float] = []
         recalls: list[float] = []
-        for name in names:
-            predicted = np.asarray([r[2] for r in rows if r[1] == name], dtype=np.float64)
+        for code in sorted(codes, key=lambda c: names[c]):
+            name = names[code]
+            predicted = rows[1][rows[0] == code]
             if predicted.size < k:
                 groups.append(GroupQuality(group=name, samples=int(predicted.size), suppressed=True))
                 continue
@@ -237,9 +246,9 @@ class VersionMonitor:
             if classifier:
                 g.selection_rate = _r(scores.selection_rate(predicted, positive))
                 rates.append(g.selection_rate)  # type: ignore[arg-type]
-                pairs = [(r[3], r[2]) for r in labels if r[1] == name]
-                if len(pairs) >= k:
-                    y_true, y_pred = (np.asarray(c, dtype=np.float64) for c in zip(*pairs, strict=True))
+                mine = labels[0] == code
+                if int(mine.sum()) >= k:
+                    y_pred, y_true = labels[1][mine], labels[2][mine]
                     g.accuracy = _r(float(np.mean(y_true == y_pred)))
                     if int(np.sum(y_true == positive)) >= k:
                         g.recall = _r(scores.true_positive_rate(y_true, y_pred, positive))
