@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shadow-share",
         type=float,
         metavar="SHARE",
-        default=0.25,
-        help="share of live requests mirrored to a shadow version under evaluation (default 0.25)",
+        default=0.1,
+        help="share of live requests mirrored to a shadow version under evaluation (default 0.1)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -84,7 +84,7 @@ class AgentSettings(BaseModel):
     #: the class the bias figures compare (fairlearn's pos_label)
     monitor_positive_class: int = Field(1, ge=0)
     #: shadow evaluation: the share of live requests mirrored to a shadow version, and its queue
-    shadow_share: float = Field(0.25, ge=0, le=1)
+    shadow_share: float = Field(0.1, ge=0, le=1)
     shadow_queue: int = Field(16, ge=1, le=10_000)
 
     #: per model batching that overrides the defaults above: name -> (max batch size, max queue delay ms).

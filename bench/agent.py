@@ -604,7 +604,7 @@ def monitoring_cost(
     configs = {
         "monitoring off": agent_cmd(data_dir, pub, free_port(), "--no-monitoring"),
         "monitoring on": agent_cmd(data_dir, pub, free_port()),
-        "on + shadow (25 % mirrored)": agent_cmd(shadow_dir, pub, free_port()),
+        "on + shadow (10 % mirrored)": agent_cmd(shadow_dir, pub, free_port()),
     }
     servers = {}
     for label, cmd in configs.items():
