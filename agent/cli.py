@@ -307,6 +307,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(
             f"{name}: active {m['active'] or '-'}, previous {m['previous'] or '-'},"
             f" installed {', '.join(m['installed']) or '-'}"
+            + (f", shadow {m['shadow']}" if m.get("shadow") else "")
         )
         if m["last_error"]:
             lines.append(f"  last update failed: {m['last_error']}")

@@ -175,6 +175,7 @@ class ModelStore:
         """Everything ``edge-agent status`` shows: per model its versions and last failure."""
         rec = self.journal.reload()
         models = {}
+        shadows = self.shadow_versions()
         for d in sorted(self.models_dir.iterdir()):
             if not d.is_dir():
                 continue
@@ -183,6 +184,7 @@ class ModelStore:
                 "active": p.version if p else None,
                 "previous": p.previous if p else None,
                 "installed": self.installed_versions(d.name),
+                "shadow": shadows.get(d.name),
                 "last_error": rec.errors.get(d.name),
             }
         for name, error in rec.errors.items():

@@ -78,6 +78,7 @@ def test_clearing_a_shadow_prunes_it_and_the_active_cannot_shadow_itself(
         store.install_shadow(make_affine("1"))
     store.install_shadow(make_affine("2", scale=3.0))
     assert store.installed_versions("affine") == ["1", "2"]
+    assert store.status()["models"]["affine"]["shadow"] == "2"  # type: ignore[index]
     store.clear_shadow("affine")
     assert store.shadow_versions() == {} and store.installed_versions("affine") == ["1"]
     with pytest.raises(ModelStoreError, match="smoke"):
