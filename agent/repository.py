@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,6 +120,18 @@ class ModelRepository:
                 f"model {name!r} is not monitored (monitoring is off, or its outputs are not a classifier's or a single value)"
             )
         return model.monitor
+
+    def _ledger_path(self, name: str) -> Path:
+        return self.store.data_dir / "monitoring" / f"{name}.ledger.jsonl"
+
+    def save_monitoring(self) -> None:
+        """Write every model's prediction ledger to disk (at shutdown)."""
+        for name, monitor in list(self._monitors.items()):
+            try:
+                count = monitor.ledger.save(self._ledger_path(name))
+                log.info("kept %d recent predictions of %s for labels after the restart", count, name)
+            except OSError as exc:
+                log.warning("cannot keep the prediction ledger of %s: %s", name, exc)
 
     def shadow(self, name: str) -> ShadowRunner | None:
         return self._shadows.get(name)
@@ -248,7 +261,11 @@ class ModelRepository:
         reader = reader_for(manifest) if self.monitoring.enabled else None
         monitor = window = None
         if reader is not None:
-            monitor = self._monitors.setdefault(name, ModelMonitor(name, self.monitoring))
+            monitor = self._monitors.get(name)
+            if monitor is None:
+                monitor = self._monitors[name] = ModelMonitor(name, self.monitoring)
+                # labels for predictions made before a restart still join
+                monitor.ledger.load(self._ledger_path(name))
             window = stats.monitor = monitor.for_version(version, manifest, reader)
         model = LoadedModel(
             name=name,

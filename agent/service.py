@@ -168,6 +168,7 @@ class AgentService:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.app.close()
         self.sock.close()
+        self.repository.save_monitoring()
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -89,3 +89,24 @@ def test_monitoring_off_answers_feedback_with_404(
             client.feedback("affine", {"a": 1})
     [telemetry] = agent.repository.telemetry_snapshot()
     assert telemetry.quality is None and telemetry.requests == 1
+
+
+def test_labels_join_predictions_made_before_a_restart(
+    store: ModelStore, make_affine: Callable[..., Path], start_agent: Callable[..., AgentService]
+) -> None:
+    store.install(make_affine())
+    first = start_agent(monitor_min_samples=5)
+    labels: dict[str, object] = {}
+    with AgentClient(first.url) as client:
+        for i in range(6):
+            out = client.infer("affine", {"x": np.full((1, 4), i, np.float32)}, request_id=f"before-{i}")
+            labels[f"before-{i}"] = int(out.outputs["y"].argmax())
+    first.stop()
+    saved = (first.settings.data_dir / "monitoring" / "affine.ledger.jsonl").read_text()
+    assert saved.count("\n") == 6 and "before-0" in saved
+
+    second = start_agent(monitor_min_samples=5)
+    with AgentClient(second.url) as client:
+        assert client.feedback("affine", labels) == {"accepted": 6, "unknown": 0, "expired": 0, "invalid": 0}
+    [telemetry] = second.repository.telemetry_snapshot()
+    assert telemetry.quality is not None and telemetry.quality.accuracy == 1.0
