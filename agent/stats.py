@@ -6,6 +6,7 @@ hands the interval's numbers to the sync side and starts a new interval.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     # Imported when a snapshot is taken: its pydantic models cost start-up time (sync side only).
     from agent.monitoring.monitor import VersionMonitor
     from sdk.messages import ModelTelemetry, ShadowQuality
+
+log = logging.getLogger(__name__)
 
 #: latencies kept per interval; beyond it a reservoir keeps a uniform sample.
 _MAX_SAMPLES = 20_000
@@ -68,8 +71,14 @@ class VersionStats:
             self._reset()
         drift = self.drift.take()
         data_quality = self.drift.take_data_quality()
-        quality = self.monitor.quality(time.time(), data_quality) if self.monitor is not None else None
-        shadow = self.shadow() if self.shadow is not None else None
+        quality = shadow = None
+        try:  # monitoring must never cost the version its serving figures
+            if self.monitor is not None:
+                quality = self.monitor.quality(time.time(), data_quality)
+            if self.shadow is not None:
+                shadow = self.shadow()
+        except Exception:
+            log.exception("monitoring figures of %s %s unavailable for this sample", self.name, self.version)
         if requests == 0 and not drift and quality is None and shadow is None:
             return None
         from sdk.messages import ModelTelemetry

@@ -124,7 +124,8 @@ class VersionMonitor:
         with self._lock:
             code = self._code(group)
             for i, value in enumerate(prediction.values):
-                self._rows.append(now, code, value, conf[i] if conf else math.nan)
+                if math.isfinite(value):  # a NaN output is a data-quality finding, not a prediction
+                    self._rows.append(now, code, value, conf[i] if conf else math.nan)
             self._touched = True
 
     def add_labels(
@@ -133,7 +134,8 @@ class VersionMonitor:
         with self._lock:
             code = self._code(group)
             for predicted, true in zip(prediction.values, labels, strict=True):
-                self._labels.append(now, code, predicted, true)
+                if math.isfinite(predicted):
+                    self._labels.append(now, code, predicted, true)
             self._touched = True
 
     def quality(self, now: float, data_quality: tuple[int, int, int] | None = None) -> ModelQuality | None:
@@ -178,9 +180,11 @@ class VersionMonitor:
                 out["prediction_drift"] = round(psi(np.asarray(ref.class_fractions), counts), 6)
             edges = ref.calibration_edges if ref is not None else None
             accuracy = ref.calibration_accuracy if ref is not None else None
-            out["estimated_accuracy"] = round(
-                float(np.mean(scores.calibrated(confidence, edges, accuracy))), 6
-            )
+            confidence = confidence[np.isfinite(confidence)]
+            if len(confidence) >= k:
+                out["estimated_accuracy"] = round(
+                    float(np.mean(scores.calibrated(confidence, edges, accuracy))), 6
+                )
         elif self._output_ref is not None and len(self._output_ref.hist_edges) >= 2:
             edges = np.asarray(self._output_ref.hist_edges)
             idx = np.searchsorted(edges[1:-1], values, side="right")

@@ -45,8 +45,8 @@ class OutputReader:
         """The summary of one request's outputs; None when the output was not asked for or has an
         unexpected shape. O(outputs)."""
         value = outputs.get(self.output)
-        if value is None or value.dtype.kind != "f" or value.ndim == 0:
-            return None
+        if value is None or value.dtype.kind != "f" or value.ndim == 0 or not np.isfinite(value).all():
+            return None  # a NaN or infinite output is a data-quality finding, not a prediction
         if self.kind == "classifier":
             if value.ndim != 2 or value.shape[1] != self.n_classes:
                 return None

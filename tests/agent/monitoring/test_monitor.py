@@ -3,6 +3,8 @@ data quality and the confidence-based estimate."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from fairlearn.metrics import demographic_parity_difference, equal_opportunity_difference
@@ -180,3 +182,20 @@ def test_feedback_joins_by_id_and_counts_what_it_cannot() -> None:
     assert result.as_dict() == {"accepted": 1, "unknown": 2, "expired": 1, "invalid": 2}
     assert [labels for _entry, labels in joined] == [(1,)]
     assert len(monitor.ledger) == 0
+
+
+def test_nan_outputs_are_no_predictions_and_never_break_the_figures() -> None:
+    monitor = ModelMonitor("m", MonitorSettings(min_samples=5))
+    window = monitor.for_version("1", _manifest(), OutputReader("classifier", "scores", CLASSES))
+    for i in range(10):
+        monitor.observe(window, f"ok-{i}", None, {"scores": np.array([[0.1, 2.0, 0.3]], np.float32)})
+        monitor.observe(window, f"nan-{i}", None, {"scores": np.full((1, CLASSES), np.nan, np.float32)})
+    q = window.quality(time.time())
+    assert q is not None and q.samples == 10 and q.estimated_accuracy is not None
+    assert 0 < q.estimated_accuracy < 1
+    regression = _manifest(outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
+    reg = monitor.for_version("2", regression, reader_for(regression))  # type: ignore[arg-type]
+    for i in range(10):
+        monitor.observe(reg, f"r-{i}", None, {"y": np.array([[np.nan if i % 2 else 1.0]], np.float32)})
+    q = reg.quality(time.time())
+    assert q is not None and q.samples == 5
