@@ -164,6 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="models faster than this run on the server's event loop, skipping a thread hop (default 0.3)",
     )
+    p.add_argument(
+        "--no-monitoring",
+        dest="monitoring",
+        action="store_false",
+        help="turn model monitoring off (feedback, accuracy, bias, data quality; drift stays)",
+    )
+    p.add_argument(
+        "--monitor-min-samples",
+        type=int,
+        metavar="K",
+        default=20,
+        help="monitoring figures leave the device only over at least K samples; smaller groups are suppressed (default 20)",
+    )
+    p.add_argument(
+        "--monitor-window",
+        type=float,
+        metavar="SECONDS",
+        default=3600.0,
+        help="rolling window of the monitoring figures (default 3600)",
+    )
+    p.add_argument(
+        "--shadow-share",
+        type=float,
+        metavar="SHARE",
+        default=0.1,
+        help="share of live requests mirrored to a shadow version under evaluation (default 0.1)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="show installed and active versions and the last failure")
@@ -250,6 +277,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         inline_below_ms=args.inline_below_ms,
         model_batching=dict(args.model_batching),
         sync=sync,
+        monitoring=args.monitoring,
+        monitor_min_samples=args.monitor_min_samples,
+        monitor_window_s=args.monitor_window,
+        shadow_share=args.shadow_share,
     )
     run_forever(settings)
     return 0
@@ -276,6 +307,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(
             f"{name}: active {m['active'] or '-'}, previous {m['previous'] or '-'},"
             f" installed {', '.join(m['installed']) or '-'}"
+            + (f", shadow {m['shadow']}" if m.get("shadow") else "")
         )
         if m["last_error"]:
             lines.append(f"  last update failed: {m['last_error']}")

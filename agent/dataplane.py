@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,8 @@ from agent.repository import LoadedModel, ModelRepository
 from sdk import __version__
 from sdk.datatypes import from_numpy_dtype
 from sdk.errors import EdgeError, InvalidInputError, OverloadedError
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgefleet-agent"
 EXTENSIONS = ["binary_tensor_data"]
@@ -73,6 +77,7 @@ class DataPlane:
         metrics.requests.inc()
         started = time.perf_counter()
         try:
+            group = model.monitor.group_of(request.parameters) if model.monitor is not None else None
             inputs = self._check_inputs(model, request)
             names = self._check_outputs(model, request)
             result = await model.scheduler.submit(inputs, names)
@@ -90,9 +95,56 @@ class DataPlane:
             InferTensor(name=n, datatype=from_numpy_dtype(v.dtype), shape=list(v.shape), data=v)
             for n, v in result.outputs.items()
         ]
-        return InferResponse(
+        response = InferResponse(
             model_name=model.name, model_version=model.version, outputs=outputs, id=request.id
         )
+        if model.monitor is not None:
+            response.after = lambda: self._observe(model, request.id, group, inputs, result.outputs)
+        return response
+
+    def _observe(
+        self,
+        model: LoadedModel,
+        request_id: str | None,
+        group: str | None,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
+        """Monitoring of one answered request, run by the transport after the response is sent:
+        O(outputs) here; a mirrored request only enters the shadow's bounded queue."""
+        assert model.monitor is not None and model.window is not None
+        try:
+            prediction, entry = model.monitor.observe(model.window, request_id, group, outputs)
+            shadow = self.repository.shadow(model.name)
+            if prediction is not None and shadow is not None and shadow.active_version == model.version:
+                shadow.offer(inputs, prediction, entry)
+        except Exception:  # monitoring must never cost a request
+            log.exception("monitoring %s %s failed", model.name, model.version)
+
+    # -------------------------------------------------------------------------------- feedback
+
+    def feedback(self, name: str, doc: Any) -> dict[str, int]:
+        """Ground truth for earlier requests of ``name``: ``{"feedback": [{"id", "label"}, ...]}``."""
+        monitor = self.repository.monitor(name)
+        items = doc.get("feedback") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise InvalidInputError(
+                'feedback must be {"feedback": [{"id": "<request id>", "label": ...}, ...]}'
+            )
+        limit = monitor.settings.max_feedback
+        if len(items) > limit:
+            raise InvalidInputError(
+                f"{len(items)} feedback items in one call; this agent takes at most {limit}"
+            )
+        result, joined = monitor.feedback(items)
+        shadow = self.repository.shadow(name)
+        if shadow is not None:
+            for entry, labels in joined:
+                shadow.label(entry, labels)
+        for outcome, count in result.as_dict().items():
+            if count:
+                self.metrics.feedback.labels(name, outcome).inc(count)
+        return result.as_dict()
 
     @staticmethod
     def _check_inputs(model: LoadedModel, request: InferRequest) -> dict[str, np.ndarray]:

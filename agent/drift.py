@@ -30,10 +30,17 @@ class _Tensor:
         self.edges = np.asarray(stats.hist_edges, dtype=np.float64)
         self.reference = np.asarray(stats.hist_fractions, dtype=np.float64)
         self.counts = np.zeros(len(self.reference), dtype=np.int64)
+        # data quality against the reference range (the end bins hide how far out a value is)
+        self.lo, self.hi = float(stats.min), float(stats.max)
+        self.values = self.non_finite = self.out_of_range = 0
 
     def observe(self, values: np.ndarray) -> None:
         flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        size = flat.size
         flat = flat[np.isfinite(flat)]
+        self.values += size
+        self.non_finite += size - flat.size
+        self.out_of_range += int(np.count_nonzero((flat < self.lo) | (flat > self.hi)))
         # searchsorted on the inner edges puts out-of-range values into the end bins.
         idx = np.searchsorted(self.edges[1:-1], flat, side="right")
         self.counts += np.bincount(idx, minlength=len(self.counts))
@@ -85,3 +92,16 @@ class DriftTracker:
                     out[key] = round(psi(tracker.reference, tracker.counts.astype(np.float64)), 6)
                     tracker.counts[:] = 0
         return out
+
+    def take_data_quality(self) -> tuple[int, int, int] | None:
+        """Input values binned since the last call, how many were NaN or infinite, and how many lay
+        outside the reference's [min, max]; None when none were binned."""
+        values = non_finite = out_of_range = 0
+        with self._lock:
+            for key, tracker in self._tensors.items():
+                if key.startswith("input:"):
+                    values += tracker.values
+                    non_finite += tracker.non_finite
+                    out_of_range += tracker.out_of_range
+                tracker.values = tracker.non_finite = tracker.out_of_range = 0
+        return (values, non_finite, out_of_range) if values else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,3 +42,5 @@ class InferResponse:
     model_version: str
     outputs: list[InferTensor]
     id: str | None = None
+    #: work the transport runs once the response is sent (monitoring): off the caller's latency
+    after: Callable[[], None] | None = None

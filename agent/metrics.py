@@ -96,6 +96,18 @@ class AgentMetrics:
             labels,
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "edgefleet_agent_feedback_labels",
+            "Labels fed back, by outcome (accepted, unknown, expired, invalid).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow = Counter(
+            "edgefleet_agent_shadow_requests",
+            "Answered requests offered to a shadow version, by outcome (mirrored, dropped: queue full).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
         self.http_errors = Counter(
             "edgefleet_agent_http_errors",
             "HTTP requests answered with an error status, by status code.",

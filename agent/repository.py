@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,9 @@ import numpy as np
 from agent.batching import Scheduler, SchedulingConfig
 from agent.drift import DriftTracker
 from agent.metrics import AgentMetrics, VersionMetrics
+from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
+from agent.monitoring.outputs import reader_for
+from agent.monitoring.shadow import ShadowRunner, ShadowSettings
 from agent.preload import OpenedRuntime, open_runtime
 from agent.runtimes import ModelRuntime
 from agent.stats import TelemetryBook, VersionStats
@@ -47,6 +51,9 @@ class LoadedModel:
     metrics: VersionMetrics
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    #: the model's monitor and this version's window; None with monitoring off or outputs it cannot read
+    monitor: ModelMonitor | None = None
+    window: VersionMonitor | None = None
 
 
 def _batchable(manifest: Manifest) -> bool:
@@ -62,8 +69,15 @@ class ModelRepository:
         executor: Executor,
         scheduling: Callable[[str], SchedulingConfig] | None = None,
         threads: int | None = None,
+        monitoring: MonitorSettings | None = None,
+        shadowing: ShadowSettings | None = None,
     ) -> None:
         self.store = store
+        self.monitoring = monitoring or MonitorSettings()
+        self.shadowing = shadowing or ShadowSettings()
+        self._monitors: dict[str, ModelMonitor] = {}
+        #: model name -> the shadow version answering mirrored requests beside the active one
+        self._shadows: dict[str, ShadowRunner] = {}
         self.metrics = metrics
         self.book = TelemetryBook()
         self._executor = executor
@@ -77,10 +91,16 @@ class ModelRepository:
     def load_all(self, opened: Mapping[tuple[str, str], OpenedRuntime] | None = None) -> None:
         """Serve every active version; ``opened`` holds runtimes already loaded (:mod:`agent.preload`)."""
         spare = dict(opened or {})
-        for name in self.store.active_versions():
+        names = list(self.store.active_versions())
+        for name in names:
             self._reload(name, spare)
         for left in spare.values():  # the store moved on while they loaded
             left.runtime.close()
+        if self.store.shadow_versions():
+            # Shadows answer no caller: they load after start-up, not before the agent is ready.
+            threading.Thread(
+                target=lambda: [self._sync_shadow(n) for n in names], name="shadow-load", daemon=True
+            ).start()
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         model = self._models.get(name)
@@ -92,6 +112,30 @@ class ModelRepository:
             )
         return model
 
+    def monitor(self, name: str) -> ModelMonitor:
+        """The monitor of a model being served (feedback for a model not served is a 404)."""
+        model = self.get(name)
+        if model.monitor is None:
+            raise ModelNotFoundError(
+                f"model {name!r} is not monitored (monitoring is off, or its outputs are not a classifier's or a single value)"
+            )
+        return model.monitor
+
+    def _ledger_path(self, name: str) -> Path:
+        return self.store.data_dir / "monitoring" / f"{name}.ledger.jsonl"
+
+    def save_monitoring(self) -> None:
+        """Write every model's prediction ledger to disk (at shutdown)."""
+        for name, monitor in list(self._monitors.items()):
+            try:
+                count = monitor.ledger.save(self._ledger_path(name))
+                log.info("kept %d recent predictions of %s for labels after the restart", count, name)
+            except OSError as exc:
+                log.warning("cannot keep the prediction ledger of %s: %s", name, exc)
+
+    def shadow(self, name: str) -> ShadowRunner | None:
+        return self._shadows.get(name)
+
     def loaded(self) -> dict[str, LoadedModel]:
         return dict(self._models)
 
@@ -102,8 +146,70 @@ class ModelRepository:
         return self.book.telemetry_snapshot()
 
     def reload(self, name: str) -> None:
-        """Serve the store's active version of ``name``; a version that fails to load is not swapped in."""
+        """Serve the store's active version of ``name``; a version that fails to load is not swapped in.
+        Then follow the store's shadow of ``name`` (start, replace or stop its runner)."""
         self._reload(name, {})
+        self._sync_shadow(name)
+
+    def _sync_shadow(self, name: str) -> None:
+        with self._reload_lock:
+            wanted = self.store.shadow_versions().get(name)
+            model = self._models.get(name)
+            runner = self._shadows.get(name)
+            if model is None or model.window is None or wanted == model.version:
+                wanted = None  # nothing to compare with, or promoted
+            if (
+                runner is not None
+                and model is not None
+                and (runner.version, runner.active_version) == (wanted, model.version)
+            ):
+                return
+            if runner is not None:
+                del self._shadows[name]
+                self._stop_shadow(runner)
+            if wanted is None or model is None or model.window is None:
+                return
+            # One intra-op thread each: ONNX Runtime then runs them on the shadow's low-priority worker.
+            try:
+                opened = open_runtime(self.store, name, wanted, threads=1)
+            except EdgeError as exc:
+                log.error("cannot load shadow %s %s: %s", name, wanted, exc)
+                return
+            reader = reader_for(opened.runtime.manifest)
+            if reader != model.window.reader:
+                opened.runtime.close()
+                log.error(
+                    "shadow %s %s: its outputs cannot be compared with %s's", name, wanted, model.version
+                )
+                return
+            try:
+                active = open_runtime(self.store, name, model.version, threads=1)
+            except EdgeError as exc:
+                opened.runtime.close()
+                log.error(
+                    "cannot load a second session of %s %s for its shadow: %s", name, model.version, exc
+                )
+                return
+            counter = self.metrics.shadow
+            runner = ShadowRunner(
+                name,
+                wanted,
+                opened.runtime,
+                reader,
+                active.runtime,
+                model.version,
+                self.shadowing,
+                count=lambda outcome: counter.labels(name, outcome).inc(),
+            )
+            self._shadows[name] = runner
+            model.stats.shadow = runner.quality
+            log.info("shadow %s %s runs beside %s", name, wanted, model.version)
+
+    def _stop_shadow(self, runner: ShadowRunner) -> None:
+        for stats in self.book.all():
+            if stats.shadow == runner.quality:
+                stats.shadow = None
+        threading.Thread(target=runner.close, name=f"shadow-stop-{runner.name}", daemon=True).start()
 
     def _reload(self, name: str, opened: dict[tuple[str, str], OpenedRuntime]) -> None:
         with self._reload_lock:
@@ -152,6 +258,15 @@ class ModelRepository:
             return outputs
 
         scheduler = Scheduler(f"{name} {version}", run, self._executor, scheduling, _batchable(manifest))
+        reader = reader_for(manifest) if self.monitoring.enabled else None
+        monitor = window = None
+        if reader is not None:
+            monitor = self._monitors.get(name)
+            if monitor is None:
+                monitor = self._monitors[name] = ModelMonitor(name, self.monitoring)
+                # labels for predictions made before a restart still join
+                monitor.ledger.load(self._ledger_path(name))
+            window = stats.monitor = monitor.for_version(version, manifest, reader)
         model = LoadedModel(
             name=name,
             version=version,
@@ -162,6 +277,8 @@ class ModelRepository:
             metrics=self.metrics.for_version(name, version),
             inputs={i.name: i for i in manifest.inputs},
             outputs={o.name: o for o in manifest.outputs},
+            monitor=monitor,
+            window=window,
         )
         # Warm up so the first real request does not pay for lazy allocations.
         if manifest.smoke is not None:

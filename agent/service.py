@@ -91,7 +91,13 @@ class AgentService:
         settings = self.settings
         self.metrics = AgentMetrics()
         self.repository = ModelRepository(
-            self.store, self.metrics, self.executor, settings.scheduling, settings.threads
+            self.store,
+            self.metrics,
+            self.executor,
+            settings.scheduling,
+            settings.threads,
+            monitoring=settings.monitor_settings(),
+            shadowing=settings.shadow_settings(),
         )
         self.dataplane = DataPlane(self.repository, self.metrics)
         self.app = AgentApp(
@@ -162,6 +168,7 @@ class AgentService:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.app.close()
         self.sock.close()
+        self.repository.save_monitoring()
 
     # ------------------------------------------------------------------------------ helpers
 

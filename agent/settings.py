@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agent.batching import SchedulingConfig
+from agent.monitoring.monitor import MonitorSettings
+from agent.monitoring.shadow import ShadowSettings
 from sdk.errors import ConfigError
 
 
@@ -71,6 +73,19 @@ class AgentSettings(BaseModel):
     #: how often to look for versions another process activated (``edge-agent install`` beside serve).
     poll_interval_s: float = Field(2.0, gt=0)
     sync: SyncSettings | None = None
+    #: model monitoring (issue 9): feedback, rolling-window performance, bias, data quality
+    monitoring: bool = True
+    #: k: the smallest number of samples any monitoring figure leaving the device is computed over
+    monitor_min_samples: int = Field(20, ge=1)
+    monitor_window_s: float = Field(3600.0, gt=0, le=30 * 86_400)
+    #: recent predictions kept for joining labels fed back later, and for how long
+    monitor_ledger_size: int = Field(20_000, ge=0)
+    monitor_ledger_max_age_s: float = Field(7 * 86_400.0, gt=0)
+    #: the class the bias figures compare (fairlearn's pos_label)
+    monitor_positive_class: int = Field(1, ge=0)
+    #: shadow evaluation: the share of live requests mirrored to a shadow version, and its queue
+    shadow_share: float = Field(0.1, ge=0, le=1)
+    shadow_queue: int = Field(16, ge=1, le=10_000)
 
     #: per model batching that overrides the defaults above: name -> (max batch size, max queue delay ms).
     model_batching: dict[str, tuple[int, float]] = Field(default_factory=dict)
@@ -96,6 +111,24 @@ class AgentSettings(BaseModel):
             max_batch_size=size,
             max_queue_delay_ms=delay,
             inline_below_ms=self.inline_below_ms,
+        )
+
+    def monitor_settings(self) -> MonitorSettings:
+        return MonitorSettings(
+            enabled=self.monitoring,
+            min_samples=self.monitor_min_samples,
+            window_s=self.monitor_window_s,
+            ledger_size=self.monitor_ledger_size,
+            ledger_max_age_s=self.monitor_ledger_max_age_s,
+            positive_class=self.monitor_positive_class,
+        )
+
+    def shadow_settings(self) -> ShadowSettings:
+        return ShadowSettings(
+            share=self.shadow_share,
+            queue=self.shadow_queue,
+            min_samples=self.monitor_min_samples,
+            window_s=self.monitor_window_s,
         )
 
     def trusted_key_paths(self) -> list[Path]:

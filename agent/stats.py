@@ -6,7 +6,10 @@ hands the interval's numbers to the sync side and starts a new interval.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -15,7 +18,10 @@ from agent.drift import DriftTracker
 
 if TYPE_CHECKING:
     # Imported when a snapshot is taken: its pydantic models cost start-up time (sync side only).
-    from sdk.messages import ModelTelemetry
+    from agent.monitoring.monitor import VersionMonitor
+    from sdk.messages import ModelTelemetry, ShadowQuality
+
+log = logging.getLogger(__name__)
 
 #: latencies kept per interval; beyond it a reservoir keeps a uniform sample.
 _MAX_SAMPLES = 20_000
@@ -32,6 +38,10 @@ class VersionStats:
         self.name = name
         self.version = version
         self.drift = drift
+        #: monitoring of this version (issue 9), when it is on and the model's outputs allow it
+        self.monitor: VersionMonitor | None = None
+        #: the shadow evaluation against this version, while one runs
+        self.shadow: Callable[[], ShadowQuality | None] | None = None
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
         self._reset()
@@ -60,7 +70,16 @@ class VersionStats:
             requests, errors, latencies = self.requests, self.errors, self._latencies
             self._reset()
         drift = self.drift.take()
-        if requests == 0 and not drift:
+        data_quality = self.drift.take_data_quality()
+        quality = shadow = None
+        try:  # monitoring must never cost the version its serving figures
+            if self.monitor is not None:
+                quality = self.monitor.quality(time.time(), data_quality)
+            if self.shadow is not None:
+                shadow = self.shadow()
+        except Exception:
+            log.exception("monitoring figures of %s %s unavailable for this sample", self.name, self.version)
+        if requests == 0 and not drift and quality is None and shadow is None:
             return None
         from sdk.messages import ModelTelemetry
 
@@ -76,6 +95,8 @@ class VersionStats:
             latency_ms_p95=p95,
             latency_ms_p99=p99,
             drift=drift,
+            quality=quality,
+            shadow=shadow,
         )
 
 
@@ -92,6 +113,10 @@ class TelemetryBook:
             if stats is None:
                 stats = self._stats[(name, version)] = VersionStats(name, version, drift)
             return stats
+
+    def all(self) -> list[VersionStats]:
+        with self._lock:
+            return list(self._stats.values())
 
     def telemetry_snapshot(self) -> list[ModelTelemetry]:
         with self._lock:

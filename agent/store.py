@@ -8,6 +8,8 @@
       update.json                     the update journal (agent.update)
       models/<name>/active.json       {"version": ..., "previous": ..., "newest": ...}: the pointer,
                                       replaced atomically
+      models/<name>/shadow.json       {"version": ...}: a verified version installed beside the active
+                                      one for shadow evaluation (never active by itself)
       models/<name>/versions/<v>/     an unpacked, verified bundle (manifest.json, manifest.sig, model)
                     verified.json     what the last full verification saw (agent.stamp)
 
@@ -102,10 +104,12 @@ class ModelStore:
         self._thread_lock = threading.RLock()
         self._listeners: list[Listener] = []
         self._seen: dict[str, str] = {}
+        self._seen_shadows: dict[str, str] = {}
         self.journal = UpdateJournal(self.data_dir / "update.json")
         if recover:
             self.recover()
         self._seen = self.active_versions()
+        self._seen_shadows = self.shadow_versions()
 
     # ------------------------------------------------------------------------------------ queries
 
@@ -141,6 +145,18 @@ class ModelStore:
                 out[d.name] = p.version
         return out
 
+    def shadow_versions(self) -> dict[str, str]:
+        """Model name -> the version installed beside the active one for shadow evaluation."""
+        out: dict[str, str] = {}
+        for d in sorted(self.models_dir.iterdir()):
+            try:
+                version = json.loads((d / "shadow.json").read_text(encoding="utf-8"))["version"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(version, str) and self.has_version(d.name, version):
+                out[d.name] = version
+        return out
+
     def active_profile(self) -> str | None:
         """The hardware profile the active bundles were built for, if they name exactly one."""
         profiles = set()
@@ -159,6 +175,7 @@ class ModelStore:
         """Everything ``edge-agent status`` shows: per model its versions and last failure."""
         rec = self.journal.reload()
         models = {}
+        shadows = self.shadow_versions()
         for d in sorted(self.models_dir.iterdir()):
             if not d.is_dir():
                 continue
@@ -167,6 +184,7 @@ class ModelStore:
                 "active": p.version if p else None,
                 "previous": p.previous if p else None,
                 "installed": self.installed_versions(d.name),
+                "shadow": shadows.get(d.name),
                 "last_error": rec.errors.get(d.name),
             }
         for name, error in rec.errors.items():
@@ -200,6 +218,62 @@ class ModelStore:
             result = self._install(Path(bundle_path), force=force, allow_downgrade=allow_downgrade)
         self._notify(result.name)
         return result
+
+    def install_shadow(self, bundle_path: Path) -> InstalledModel:
+        """Verify, unpack and smoke test a bundle and keep it beside the active version as its shadow;
+        the active pointer stays as it is. Steps: unpack (signature, hashes) -> check (hashes again,
+        smoke test) -> place the folder (rename) -> write shadow.json (atomic). A crash between steps
+        leaves no shadow or a complete one; the update journal is not involved (nothing activates)."""
+        with self._locked():
+            self._require_resting()
+            staging = self.staging_dir / uuid.uuid4().hex
+            try:
+                manifest = self._unpack(Path(bundle_path), staging)
+                name, version = manifest.name, manifest.version
+                self._check_shadowable(name, version)
+                self._place(staging, name, version, self._check(staging))
+                self._write_shadow(name, version)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            log.info("installed %s %s as shadow of %s", name, version, self._active(name))
+            result = InstalledModel(name, version, self._active(name))
+        self._notify(name)
+        return result
+
+    def set_shadow(self, name: str, version: str) -> InstalledModel:
+        """Make an installed version the shadow (verified and smoke tested again first)."""
+        with self._locked():
+            self._require_resting()
+            if not self.has_version(name, version):
+                raise ModelStoreError(f"{name} {version} is not installed")
+            self._check_shadowable(name, version)
+            directory = self.version_dir(name, version)
+            write_stamp(directory, self._check(directory))
+            self._write_shadow(name, version)
+            result = InstalledModel(name, version, self._active(name))
+        self._notify(name)
+        return result
+
+    def clear_shadow(self, name: str) -> None:
+        """Stop shadowing ``name``; the shadow's folder goes unless it is the active or previous one."""
+        with self._locked():
+            path = self.models_dir / check_name(name) / "shadow.json"
+            if not path.exists():
+                return
+            path.unlink()
+            fsync_dir(path.parent)
+            self._prune(name)
+        self._notify(name)
+
+    def _check_shadowable(self, name: str, version: str) -> None:
+        active = self._active(name)
+        if active is None:
+            raise ModelStoreError(f"{name} has no active version for {version} to shadow")
+        if active == version:
+            raise ModelStoreError(f"{name} {version} is the active version; it cannot be its own shadow")
+
+    def _write_shadow(self, name: str, version: str) -> None:
+        write_atomic(self.models_dir / name / "shadow.json", json.dumps({"version": version}).encode("utf-8"))
 
     def activate(self, name: str, version: str, *, allow_downgrade: bool = False) -> InstalledModel:
         with self._locked():
@@ -253,6 +327,12 @@ class ModelStore:
         """Tell listeners about pointers another process changed (``edge-agent install`` next to serve)."""
         current = self.active_versions()
         changed = [n for n in {*current, *self._seen} if self._seen.get(n) != current.get(n)]
+        shadows = self.shadow_versions()
+        changed += [
+            n
+            for n in {*shadows, *self._seen_shadows}
+            if self._seen_shadows.get(n) != shadows.get(n) and n not in changed
+        ]
         for name in sorted(changed):
             self._notify(name)
         return changed
@@ -414,6 +494,8 @@ class ModelStore:
         current = self._active(name)
         previous = current if current != version else (self.pointer(name) or Pointer(version)).previous
         self._write_pointer(name, Pointer(version=version, previous=previous))
+        if self.shadow_versions().get(name) == version:  # promoted: it serves now, shadows nothing
+            (self.models_dir / name / "shadow.json").unlink(missing_ok=True)
         self._prune(name)
         return InstalledModel(name, version, previous)
 
@@ -460,7 +542,8 @@ class ModelStore:
 
     def _prune(self, name: str) -> None:
         p = self.pointer(name)
-        keep = {p.version, p.previous} if p else set()
+        keep: set[str | None] = {p.version, p.previous} if p else set()
+        keep.add(self.shadow_versions().get(name))
         for version in self.installed_versions(name):
             if version not in keep:
                 log.info("pruning %s %s", name, version)
@@ -496,6 +579,7 @@ class ModelStore:
 
     def _notify(self, name: str) -> None:
         self._seen = self.active_versions()
+        self._seen_shadows = self.shadow_versions()
         for fn in list(self._listeners):
             try:
                 fn(name)

@@ -11,6 +11,10 @@ Prints, side by side from one run:
     BentoML when it can be installed into the bench's own venv ``bench/.venv-peer``;
   * the issue's goals, each with the measured ratio.
 
+``--monitoring`` measures only what model monitoring costs (issue 9): c=1 p50/p99 of the agent with
+monitoring off, on (requests carrying an id and a group), and on with a shadow version mirrored,
+in alternating rounds so all three see the same background load.
+
 Every server runs as its own process; the load comes from one asyncio client on raw keep-alive
 sockets so client overhead is small and identical for every server. The machine is shared, so
 numbers are noisy: compare rows of the same run, not runs.
@@ -358,6 +362,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
     parser.add_argument("--quick", action="store_true", help="small and medium only, concurrency 1 and 16")
     parser.add_argument("--no-bentoml", action="store_true", help="skip BentoML (no install attempt)")
+    parser.add_argument("--monitoring", action="store_true", help="only the cost of monitoring and shadow")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of --monitoring")
     args = parser.parse_args()
     seconds = args.seconds
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
@@ -386,6 +392,10 @@ def main() -> int:
             capture_output=True,
             cwd=REPO,
         )
+
+    if args.monitoring:
+        monitoring_cost(work, key, pub, models, names, data_dir, args.rounds, seconds)
+        return 0
 
     memory: list[tuple[str, float]] = []
     ready: list[tuple[str, float]] = []
@@ -548,6 +558,83 @@ def main() -> int:
 
     report(rows, memory, ready, names, levels, overhead)
     return 0
+
+
+def monitoring_cost(
+    work: Path,
+    key: keys.Ed25519PrivateKey,
+    pub: Path,
+    models: dict[str, tuple[Path, Path]],
+    names: list[str],
+    data_dir: Path,
+    rounds: int,
+    seconds: float,
+) -> None:
+    """c=1 latency with monitoring off, on, and on with a shadow version (alternating rounds)."""
+    import shutil
+
+    from agent.store import ModelStore
+    from tests.agent.models import bundle_from_onnx as rebundle  # the same model as version 2
+
+    shadow_dir = work / "data-shadow"
+    shutil.copytree(data_dir, shadow_dir)
+    store = ModelStore(shadow_dir, [key.public_key()])
+    import onnxruntime as ort
+
+    from sdk.manifest import TensorSpec
+
+    for name in names:
+        model = models[name][0]
+        width = MODELS[name][0]
+        x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
+        y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+        spec = [TensorSpec(name="x", datatype="FP32", shape=[-1, width])]
+        two = rebundle(
+            work / "bundles-2",
+            key,
+            model,
+            name=name,
+            version="2",
+            inputs=spec,
+            outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
+            smoke_inputs={"x": x},
+            smoke_outputs={"y": y},
+        )
+        store.install_shadow(two)
+    configs = {
+        "monitoring off": agent_cmd(data_dir, pub, free_port(), "--no-monitoring"),
+        "monitoring on": agent_cmd(data_dir, pub, free_port()),
+        "on + shadow (10 % mirrored)": agent_cmd(shadow_dir, pub, free_port()),
+    }
+    servers = {}
+    for label, cmd in configs.items():
+        port = int(cmd[cmd.index("--listen") + 1].rsplit(":", 1)[1])
+        servers[label] = start(label, cmd, port, "/v2/health/ready")
+    try:
+        results: dict[tuple[str, str], list[Run]] = {}
+        for name in names:
+            width = MODELS[name][0]
+            x = np.random.default_rng(1).standard_normal((1, width)).astype(np.float32)
+            body, hlen = encode_request({"x": x}, request_id="bench-0001", parameters={"group": "site-a"})
+            request = raw_request(
+                f"/v2/models/{name}/infer", body, {"Inference-Header-Content-Length": str(hlen)}
+            )
+            for _ in range(rounds):
+                for label, server in servers.items():
+                    results.setdefault((name, label), []).append(http_load(server.port, request, 1, seconds))
+    finally:
+        for server in servers.values():
+            server.stop()
+    print(f"\nmonitoring cost, c=1, median of {rounds} alternating {seconds:g} s rounds")
+    print(f"{'model':<8} {'agent':<30} {'p50 ms':>8} {'p99 ms':>8} {'p50 vs off':>11}")
+    for name in names:
+        off = float(np.median([r.p50_ms for r in results[(name, "monitoring off")]]))
+        for label in servers:
+            runs = results[(name, label)]
+            p50 = float(np.median([r.p50_ms for r in runs]))
+            p99 = float(np.median([r.p99_ms for r in runs]))
+            print(f"{name:<8} {label:<30} {p50:8.3f} {p99:8.3f} {p50 - off:+10.3f}")
+    print("  goal: monitoring and shadow within 0.2 ms of off at p50")
 
 
 def report(

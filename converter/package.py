@@ -44,7 +44,7 @@ def build_manifest(
             inputs=tensor_specs(converted, "inputs"),
             outputs=tensor_specs(converted, "outputs"),
             metrics=ctx.findings.metrics or {},
-            reference=reference(converted, ctx.calibration),
+            reference=reference(converted, ctx.calibration, ctx.evaluation),
             smoke=smoke(converted, original, ctx.evaluation or ctx.calibration),
             runtime_options=RuntimeOptions(
                 session_config=dict(model.session_config), graph_optimization_level=OPTIMIZATION_LEVEL

@@ -101,8 +101,12 @@ class AgentClient:
         outputs: list[str] | None = None,
         binary: bool = True,
         request_id: str | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> InferResult:
-        body, header_length = encode_request(inputs, outputs=outputs, binary=binary, request_id=request_id)
+        """``parameters`` go in the request's parameters, e.g. ``{"group": "site-a"}`` for bias monitoring."""
+        body, header_length = encode_request(
+            inputs, outputs=outputs, binary=binary, request_id=request_id, parameters=parameters
+        )
         headers = {HEADER_LENGTH: str(header_length)} if header_length is not None else {}
         try:
             r = self._http.post(_model_path(name, version) + "/infer", content=body, headers=headers)
@@ -111,6 +115,19 @@ class AgentClient:
         _raise_for_status(r)
         return decode_response(r.content, r.headers.get(HEADER_LENGTH))
 
+    def feedback(self, name: str, labels: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, int]:
+        """Ground truth for earlier requests by their request id: ``{id: label}`` or ``[(id, label)]``
+        (a label is a class index or a number, or a list with one per row of the request). Returns
+        the agent's counts: accepted, unknown, expired, invalid."""
+        pairs = labels.items() if isinstance(labels, dict) else labels
+        body = {"feedback": [{"id": i, "label": label} for i, label in pairs]}
+        try:
+            r = self._http.post(_model_path(name, None) + "/feedback", json=body)
+        except httpx.HTTPError as exc:
+            raise InferenceError(f"cannot reach the agent at {self._http.base_url}: {exc}") from None
+        _raise_for_status(r)
+        return r.json()
+
 
 def encode_request(
     inputs: dict[str, np.ndarray],
@@ -118,6 +135,7 @@ def encode_request(
     outputs: list[str] | None = None,
     binary: bool = True,
     request_id: str | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """An infer body and, for binary tensors, the JSON header's length."""
     tensors: list[dict[str, Any]] = []
@@ -135,7 +153,10 @@ def encode_request(
         else:
             entry["data"] = array.reshape(-1).tolist()
         tensors.append(entry)
-    doc: dict[str, Any] = {"inputs": tensors, "parameters": {"binary_data_output": binary}}
+    doc: dict[str, Any] = {
+        "inputs": tensors,
+        "parameters": {**(parameters or {}), "binary_data_output": binary},
+    }
     if outputs is not None:
         doc["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
     if request_id is not None:

@@ -119,10 +119,29 @@ class TensorStats(_Model):
     hist_fractions: list[float] = Field(default_factory=list)
 
 
+class PredictionReference(_Model):
+    """What a classifier predicted on the reference data, for prediction drift and confidence-based
+    accuracy estimates on the device (issue 9).
+
+    ``calibration_edges`` bins the largest class probability (softmax of the scores); per bin
+    ``calibration_accuracy`` is the accuracy measured on the labelled evaluation data, a reliability
+    table (one more edge than accuracies). Absent without labels: the device then estimates from
+    raw confidence.
+    """
+
+    #: the output holding class scores (logits or probabilities), shape [batch, classes]
+    output: str
+    class_fractions: list[float]
+    calibration_edges: list[float] | None = None
+    calibration_accuracy: list[float] | None = None
+    calibration_samples: int | None = None
+
+
 class Reference(_Model):
     samples: int
     inputs: dict[str, TensorStats] = Field(default_factory=dict)
     outputs: dict[str, TensorStats] = Field(default_factory=dict)
+    predictions: PredictionReference | None = None
 
 
 class Smoke(_Model):

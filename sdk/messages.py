@@ -252,6 +252,8 @@ class ShadowQuality(BaseModel):
     accuracy: Ratio | None = None
     active_accuracy: Ratio | None = None
     errors: int = Field(0, ge=0, le=MAX_INT)
+    #: requests not mirrored in the interval because the shadow's queue was full (it lags behind)
+    dropped: int = Field(0, ge=0, le=MAX_INT)
 
 
 class ModelTelemetry(BaseModel):

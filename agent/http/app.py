@@ -41,6 +41,8 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_JSON_BYTES = 8 * 1024 * 1024
 #: bodies above this are read one at a time and parsed off the event loop.
 LARGE_BODY_BYTES = 1024 * 1024
+#: feedback bodies: 10,000 labels with 100-character ids fit; parsed on the event loop, so kept small.
+MAX_FEEDBACK_BYTES = 2 * 1024 * 1024
 #: a client that sends nothing for this long while its body is due is cut off (408).
 BODY_IDLE_TIMEOUT_S = 30.0
 
@@ -108,9 +110,10 @@ class AgentApp:
             return
         if scope["type"] != "http":
             return
+        after: list[Callable[[], None]] = []
         try:
             self._authorize(scope)
-            status, body, headers = await self._route(scope, receive)
+            status, body, headers = await self._route(scope, receive, after)
         except _ClientGone:
             return
         except EdgeError as exc:
@@ -134,6 +137,8 @@ class AgentApp:
         while parts:
             part = parts.pop()
             await send({"type": "http.response.body", "body": part, "more_body": bool(parts)})
+        for hook in after:  # monitoring: the caller has its answer already
+            hook()
 
     def _authorize(self, scope: Scope) -> None:
         if self._token is None or scope["path"].startswith("/v2/health/"):
@@ -144,7 +149,7 @@ class AgentApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self._token):
             raise UnauthorizedError("this agent needs Authorization: Bearer <api token>")
 
-    async def _route(self, scope: Scope, receive: Receive) -> Reply:
+    async def _route(self, scope: Scope, receive: Receive, after: list[Callable[[], None]]) -> Reply:
         method: str = scope["method"]
         parts = scope["path"].strip("/").split("/")
         dp = self.dataplane
@@ -181,10 +186,24 @@ class AgentApp:
                 return _json(404, {"name": name, "ready": False, "error": str(exc)})
         if rest == ["infer"]:
             self._only(method, "POST")
-            return await self._infer(scope, receive, name, version)
+            return await self._infer(scope, receive, name, version, after)
+        if rest == ["feedback"] and version is None:
+            self._only(method, "POST")
+            return await self._feedback(scope, receive, name)
         return _json(404, {"error": f"no such endpoint: {scope['path']}"})
 
-    async def _infer(self, scope: Scope, receive: Receive, name: str, version: str | None) -> Reply:
+    async def _feedback(self, scope: Scope, receive: Receive, name: str) -> Reply:
+        self.dataplane.repository.monitor(name)  # an unknown model is refused before its body is read
+        body = await self._read_body(scope, receive, json_only=True, cap=MAX_FEEDBACK_BYTES)
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise ProtocolError(f"the feedback body is not valid JSON: {exc}") from None
+        return _json(200, self.dataplane.feedback(name, doc))
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, name: str, version: str | None, after: list[Callable[[], None]]
+    ) -> Reply:
         # Resolve the model first: a request for an unknown model is refused before its body is read.
         self.dataplane.model_ready(name, version)
         if (_header(scope, b"content-encoding") or "identity") != "identity":
@@ -204,6 +223,8 @@ class AgentApp:
                 request = decode_request(body, header_length, name, version)
             del body
             response = await self.dataplane.infer(request)
+            if response.after is not None:
+                after.append(response.after)
             if sum(t.data.size for t in response.outputs) > JSON_SLICE:
                 payload, json_length = await asyncio.to_thread(encode_response_parts, response, request)
             else:
@@ -220,9 +241,15 @@ class AgentApp:
             ],
         )
 
-    async def _read_body(self, scope: Scope, receive: Receive, *, json_only: bool) -> bytes | bytearray:
+    async def _read_body(
+        self, scope: Scope, receive: Receive, *, json_only: bool, cap: int | None = None
+    ) -> bytes | bytearray:
         """The body, refused (413) as soon as it passes the cap: the JSON cap for a JSON body."""
-        cap = min(self.max_json_bytes, self.max_body_bytes) if json_only else self.max_body_bytes
+        cap = (
+            min(self.max_json_bytes, self.max_body_bytes, cap or self.max_body_bytes)
+            if json_only
+            else self.max_body_bytes
+        )
         what = "JSON request body" if json_only else "request body"
         hint = "; send large tensors with the binary tensor extension" if json_only else ""
         declared = _header(scope, b"content-length")

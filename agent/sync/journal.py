@@ -27,6 +27,9 @@ class ModelRecord(BaseModel):
     #: the version that was active before the last successful step (rollback target).
     previous_version: str | None = None
     error: str | None = None
+    #: a shadow version (DesiredModel.shadow): the same steps, but "active" means installed beside
+    #: the active version and answering mirrored requests, never serving callers.
+    shadow: bool = False
 
 
 class JournalData(BaseModel):

@@ -13,6 +13,12 @@ reports ``failed`` with the reason, and the revision counts as handled: the flee
 happens next by publishing a new revision. A revision whose application was interrupted resumes
 after a restart; the loop guard gives up after ``max_attempts`` starts (a crash loop).
 
+A model marked ``shadow`` walks the same table with the shadow's own steps: download, then
+``store.install_shadow`` (verify, smoke test, place beside the active version, never activate), or
+``store.set_shadow`` when the version is installed already; it ends ``ACTIVE`` when the shadow is in
+place. Its record is keyed ``<name>~shadow`` so it sits beside the record of the active version. A
+shadow the applied revision no longer lists is cleared; promoting it is a plain desired version.
+
 Before anything is offered, :meth:`Reconciler.receive` checks what the device can check
 (:func:`sdk.desired_auth.verify_desired`): the fleet's signature with the key pinned at
 registration, that the state is for this device and not expired, and that its revision is not
@@ -40,6 +46,11 @@ from sdk.errors import EdgeError, ProtocolError
 from sdk.keys import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
+
+
+def record_key(model: messages.DesiredModel) -> str:
+    """The journal key of a desired model: its name, or ``<name>~shadow`` for a shadow version."""
+    return f"{model.name}~shadow" if model.shadow else model.name
 
 
 @dataclass(frozen=True)
@@ -200,10 +211,11 @@ class Reconciler:
             data.pending = desired
             data.attempts = 0
             data.models = {
-                m.name: ModelRecord(
+                record_key(m): ModelRecord(
                     name=m.name,
                     version=m.version,
                     previous_version=previous[m.name].previous_version if m.name in previous else None,
+                    shadow=m.shadow,
                 )
                 for m in desired.models
             }
@@ -225,7 +237,7 @@ class Reconciler:
             if (
                 self._stop.is_set()
                 or self._superseded(desired.revision)
-                or not self._reconcile_model(model, data.models[model.name], desired.revision)
+                or not self._reconcile_model(model, data.models[record_key(model)], desired.revision)
             ):
                 # The journal keeps the revision pending; a later start or revision takes over.
                 # A clean stop is no crash: it does not count against the loop guard.
@@ -243,6 +255,7 @@ class Reconciler:
         data.attempts = 0
         data.last_error = "; ".join(errors) or None
         self._journal.save()
+        self._clear_stale_shadows({r.name for r in data.models.values() if r.shadow})
         self._cleanup_downloads()
         log.info(
             "desired revision %d applied%s", revision, f" with errors: {data.last_error}" if errors else ""
@@ -274,7 +287,20 @@ class Reconciler:
         self._journal.save()
         self.report()
 
+    def _clear_stale_shadows(self, wanted: set[str]) -> None:
+        """Stop shadows the applied revision does not list (the fleet ended the shadow phase)."""
+        for name in set(self._store.shadow_versions()) - wanted:
+            try:
+                self._store.clear_shadow(name)
+            except Exception:  # the shadow answers no caller: a failure to clear it is only logged
+                log.exception("clearing the shadow of %s failed", name)
+
     def _plan(self, model: messages.DesiredModel, record: ModelRecord) -> Event:
+        if model.shadow:
+            placed = self._store.shadow_versions().get(model.name) == model.version
+            if placed or self._store.active_versions().get(model.name) == model.version:
+                return Event.CURRENT  # in place, or promoted already
+            return Event.INSTALLED if self._store.has_version(model.name, model.version) else Event.MISSING
         if self._store.active_versions().get(model.name) == model.version:
             return Event.CURRENT
         if not self._store.has_version(model.name, model.version):
@@ -311,6 +337,8 @@ class Reconciler:
 
     def _install(self, model: messages.DesiredModel, record: ModelRecord, revision: int) -> Event:
         path = self._bundle_path(model)
+        if model.shadow:
+            return self._install_shadow(model, record, revision, path)
         try:
             installed = self._store.install(path, allow_downgrade=model.allow_downgrade)
         except Exception as exc:  # the store may fail in ways of its own; the old version stays either way
@@ -325,8 +353,33 @@ class Reconciler:
         self._event("activate", revision, model, reason=f"previous version {installed.previous_version}")
         return Event.SUCCEEDED
 
+    def _install_shadow(
+        self, model: messages.DesiredModel, record: ModelRecord, revision: int, path: Path | None
+    ) -> Event:
+        """Install (``path``) or re-verify an installed version as the shadow of ``model.name``."""
+        try:
+            if path is not None:
+                installed = self._store.install_shadow(path)
+            else:
+                installed = self._store.set_shadow(model.name, model.version)
+        except Exception as exc:
+            if not isinstance(exc, EdgeError):
+                log.exception("installing shadow %s %s failed unexpectedly", model.name, model.version)
+            return self._failed(model, record, revision, "shadow install", str(exc))
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)
+        record.error = None
+        self._event("verify", revision, model, reason="signature, hashes and smoke test passed")
+        self._event(
+            "install", revision, model, reason=f"installed as shadow beside {installed.previous_version}"
+        )
+        return Event.SUCCEEDED
+
     def _switch(self, model: messages.DesiredModel, record: ModelRecord, revision: int) -> Event:
         """Activate an installed version, or roll back to the one that was active before."""
+        if model.shadow:
+            return self._install_shadow(model, record, revision, None)
         rolling_back = record.state is State.ROLLING_BACK
         try:
             allow = model.allow_downgrade  # verify_desired keeps it only on a verified state
@@ -391,6 +444,7 @@ class Reconciler:
                 previous_version=r.previous_version,
                 error=r.error,
                 active_version=active.get(r.name),
+                **({"shadow": True} if r.shadow else {}),
             )
             for r in data.models.values()
         ]

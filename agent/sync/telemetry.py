@@ -11,6 +11,7 @@ import psutil
 
 from agent.sync.ports import StatsPort
 from sdk.messages import Telemetry
+from sdk.topics import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,28 @@ def read_temperature_c(zones_glob: str = _THERMAL_ZONES) -> float | None:
     return max(readings) if readings else None
 
 
+#: monitoring details dropped, in this order, from a sample that would pass the payload cap
+_DETAILS = (("confusion", "classes"), ("groups",), ("quality", "shadow"))
+
+
+def fit_payload(telemetry: Telemetry, limit: int = MAX_PAYLOAD_BYTES) -> Telemetry:
+    """The sample, cut to fit one MQTT message: per-class figures and confusion matrices go first,
+    then per-group figures, then the monitoring blocks; the device's own figures always stay."""
+    if len(telemetry.to_bytes()) <= limit:
+        return telemetry
+    for fields in _DETAILS:
+        for model in telemetry.models:
+            for name in fields:
+                if name in ("quality", "shadow"):
+                    setattr(model, name, None)
+                elif model.quality is not None:
+                    setattr(model.quality, name, [] if name != "confusion" else None)
+        if len(telemetry.to_bytes()) <= limit:
+            break
+    log.warning("telemetry sample over %d bytes: left out monitoring details (%s)", limit, ", ".join(fields))
+    return telemetry
+
+
 class TelemetrySampler:
     def __init__(self, data_dir: Path, stats: StatsPort, interval_s: float) -> None:
         self._data_dir = data_dir
@@ -55,15 +78,17 @@ class TelemetrySampler:
         except Exception:  # serving statistics must never stop telemetry of the device itself
             log.exception("serving statistics unavailable for this sample")
             models = []
-        return Telemetry(
-            time=time.time(),
-            seq=seq,
-            interval_s=self._interval_s,
-            cpu_percent=psutil.cpu_percent(None),
-            memory_bytes=memory.used,
-            memory_percent=memory.percent,
-            temperature_c=read_temperature_c(),
-            disk_free_bytes=disk_free,
-            disk_used_percent=disk_used,
-            models=models,
+        return fit_payload(
+            Telemetry(
+                time=time.time(),
+                seq=seq,
+                interval_s=self._interval_s,
+                cpu_percent=psutil.cpu_percent(None),
+                memory_bytes=memory.used,
+                memory_percent=memory.percent,
+                temperature_c=read_temperature_c(),
+                disk_free_bytes=disk_free,
+                disk_used_percent=disk_used,
+                models=models,
+            )
         )

@@ -164,6 +164,36 @@ def affine_bundle(
     )
 
 
+def regression_bundle(out_dir: Path, key: keys.Ed25519PrivateKey, *, version: str = "1") -> Path:
+    """``total``: y = sum(x) per row, a [batch, 4] -> [batch, 1] regression, with a reference."""
+    work = out_dir / f"src-total-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        "total",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = _save(graph, work / "model.onnx")
+    calib = np.random.default_rng(1).standard_normal((256, 4)).astype(np.float32)
+    x = calib[:2]
+    return bundle_from_onnx(
+        out_dir / "bundles",
+        key,
+        model,
+        name="total",
+        version=version,
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])],
+        smoke_inputs={"x": x},
+        smoke_outputs={"y": x.sum(axis=1, keepdims=True)},
+        reference=Reference(
+            samples=256, inputs={"x": _stats(calib)}, outputs={"y": _stats(calib.sum(axis=1, keepdims=True))}
+        ),
+    )
+
+
 def strings_bundle(out_dir: Path, key: keys.Ed25519PrivateKey, *, version: str = "1") -> Path:
     work = out_dir / f"src-strings-{version}"
     work.mkdir(parents=True, exist_ok=True)

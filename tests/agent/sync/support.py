@@ -105,6 +105,18 @@ class FakeStore:
     def active_profile(self) -> str | None:
         return None
 
+    def install_shadow(self, bundle_path: Path) -> Installed:
+        raise ModelStoreError("this fake store keeps no shadows; tests of shadows use the real store")
+
+    def set_shadow(self, name: str, version: str) -> Installed:
+        raise ModelStoreError("this fake store keeps no shadows; tests of shadows use the real store")
+
+    def clear_shadow(self, name: str) -> None:
+        pass
+
+    def shadow_versions(self) -> dict[str, str]:
+        return {}
+
     def add_listener(self, fn: Callable[[str], None]) -> None:
         self.listeners.append(fn)
 

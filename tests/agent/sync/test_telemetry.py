@@ -88,3 +88,43 @@ def test_buffer_is_bounded_during_an_outage(world) -> None:
     assert seqs, "nothing delivered after the outage"
     assert seqs[0] >= 10, seqs  # the oldest were dropped, not the newest
     assert seqs == sorted(set(seqs))
+
+
+def test_monitoring_details_give_way_so_a_sample_fits_one_message(tmp_path: Path) -> None:
+    from sdk.messages import ClassQuality, GroupQuality, ModelQuality, ModelTelemetry
+    from sdk.topics import MAX_PAYLOAD_BYTES
+
+    def heavy(i: int) -> ModelTelemetry:
+        quality = ModelQuality(
+            window_s=3600,
+            samples=10_000,
+            labeled=5_000,
+            min_samples=20,
+            accuracy=0.9,
+            classes=[
+                ClassQuality(label=str(c), support=100, precision=0.9, recall=0.8, f1=0.85) for c in range(64)
+            ],
+            confusion=[[123456] * 64 for _ in range(64)],
+            groups=[GroupQuality(group=f"site-{g:02d}", samples=300, selection_rate=0.5) for g in range(32)],
+        )
+        return ModelTelemetry(name=f"m{i}", version="1", requests=10, errors=0, quality=quality)
+
+    class Heavy:
+        def __init__(self, models: int) -> None:
+            self.models = models
+
+        def telemetry_snapshot(self) -> list[ModelTelemetry]:
+            return [heavy(i) for i in range(self.models)]
+
+    few = TelemetrySampler(tmp_path, Heavy(2), 1.0).sample(0)
+    assert few.models[0].quality is not None and few.models[0].quality.confusion is not None
+    many = TelemetrySampler(tmp_path, Heavy(20), 1.0).sample(0)
+    assert len(many.to_bytes()) <= MAX_PAYLOAD_BYTES
+    assert [m.requests for m in many.models] == [10] * 20  # serving figures always stay
+    quality = many.models[0].quality
+    assert (
+        quality is not None
+        and quality.accuracy == 0.9
+        and quality.confusion is None
+        and quality.classes == []
+    )
