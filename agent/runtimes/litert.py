@@ -2,6 +2,11 @@
 
 A LiteRT interpreter is not thread-safe, so calls are serialised with a lock; the agent's
 per-model concurrency limit and batching keep the queue in front of it short.
+
+A full-integer model (Coral) takes and returns int8/uint8 tensors; where the manifest offers the
+client a float tensor, the runtime quantizes the input and dequantizes the output with the model's
+own parameters, so clients send and receive floats. A tensor the manifest declares as an integer
+type is passed through as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from agent.runtimes.base import ModelRuntime, RuntimeLoadError
-from sdk.manifest import Manifest
+from sdk.manifest import Manifest, TensorSpec
+from sdk.quantized_io import QuantParams
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,17 @@ def _by_manifest_name(details: list[dict[str, Any]], names: list[str]) -> dict[s
     return dict(zip(names, details, strict=True))
 
 
+def _client_floats(specs: list[TensorSpec], details: dict[str, dict[str, Any]]) -> dict[str, QuantParams]:
+    """The tensors the client sees as floats while the model holds them as quantized integers."""
+    by_name = {t.name: t for t in specs}
+    out = {}
+    for name, detail in details.items():
+        params = QuantParams.of(detail["dtype"], detail["quantization"])
+        if params is not None and by_name[name].datatype in ("FP32", "FP16", "FP64"):
+            out[name] = params
+    return out
+
+
 class LiteRtRuntime(ModelRuntime):
     backend = "litert-cpu"
 
@@ -40,7 +57,7 @@ class LiteRtRuntime(ModelRuntime):
         except ImportError:
             raise RuntimeLoadError(
                 f"{manifest.name} {manifest.version} is a LiteRT model; install the agent's tflite extra "
-                "(pip install 'edgefleet[agent,tflite]')"
+                "(pip install 'edgefleet[agent,litert]')"
             ) from None
         try:
             self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads or os.cpu_count())
@@ -54,6 +71,8 @@ class LiteRtRuntime(ModelRuntime):
         self._outputs = _by_manifest_name(
             self._interpreter.get_output_details(), [t.name for t in manifest.outputs]
         )
+        self._quantize = _client_floats(manifest.inputs, self._inputs)
+        self._dequantize = _client_floats(manifest.outputs, self._outputs)
         self._lock = threading.Lock()
 
     def run(
@@ -69,8 +88,16 @@ class LiteRtRuntime(ModelRuntime):
                     if tuple(detail["shape"]) != value.shape:
                         self._interpreter.resize_tensor_input(detail["index"], list(value.shape))
                         self._interpreter.allocate_tensors()
+                    params = self._quantize.get(name)
+                    if params is not None:
+                        value = params.quantize(value)
                     self._interpreter.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
                 self._interpreter.invoke()
-                return {n: self._interpreter.get_tensor(self._outputs[n]["index"]).copy() for n in names}
+                return {n: self._output(n) for n in names}
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise InferenceError(f"LiteRT failed: {exc}") from None
+
+    def _output(self, name: str) -> np.ndarray:
+        value = self._interpreter.get_tensor(self._outputs[name]["index"])
+        params = self._dequantize.get(name)
+        return params.dequantize(value) if params is not None else value.copy()

@@ -1,0 +1,253 @@
+"""The conversion pipeline for LiteRT profiles (coral): explicit steps, like the ONNX one.
+
+load → float ``.tflite`` (litert-torch for PyTorch, the file itself for ``.tflite``) → data → full
+integer (ai-edge-quantizer search; a model that is already full integer is kept as it is) →
+measure (size, host latency with the LiteRT interpreter, fidelity and accuracy against the float
+model) → Edge TPU op audit → reference and smoke → manifest → signed bundle → report.html.
+
+ONNX input is refused in one line: there is no ONNX to LiteRT path without TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from converter import calibration as cal
+from converter import edgetpu, memory, progress, report
+from converter.candidates import SOURCE, SOURCE_AGAIN, Candidate, Verdict
+from converter.context import PassContext
+from converter.litert_export import export_tflite, litert_available
+from converter.litert_quantize import LiteRtJudge, fidelity_line, search
+from converter.litert_session import LiteRtSession, interpreter, tensor_specs
+from converter.loading import SourceModel, load_source, safe_name
+from converter.measure import compare_latency
+from converter.model import InputSpec
+from converter.passes import export as export_pass
+from converter.passes import tflite
+from converter.passes.validate import _host as host_name
+from converter.reference import reference, smoke
+from sdk import keys
+from sdk.bundle import verify_bundle, write_bundle
+from sdk.errors import ConfigError, ConversionError
+from sdk.manifest import (
+    AccuracyMetric,
+    FidelityMetric,
+    LatencyMetric,
+    LiteRtInfo,
+    Manifest,
+    Metrics,
+    SizeMetric,
+    SourceInfo,
+)
+from sdk.profiles import HardwareProfile
+
+if TYPE_CHECKING:
+    from converter.pipeline import ConvertRequest
+
+log = logging.getLogger("converter")
+
+MODEL_FILE = "model.tflite"
+
+
+@dataclass(frozen=True)
+class LiteRtResult:
+    """Like :class:`converter.pipeline.ConvertResult` (which imports this module lazily)."""
+
+    bundle: Path
+    manifest: Manifest
+    report: Path
+
+
+def convert_litert(
+    request: ConvertRequest, profile: HardwareProfile, key: keys.Ed25519PrivateKey, workdir: Path
+) -> LiteRtResult:
+    litert_available()
+    config = tflite.configure_profile(profile)
+    progress.step("load")
+    source = load_source(request.model, workdir)
+    if source.format == "onnx":
+        raise ConversionError(
+            f"profile {profile.name} makes a full-integer TFLite model from PyTorch or .tflite, not ONNX:"
+            " pass the PyTorch model (package.module:factory or a torch.export .pt2) or a .tflite file"
+        )
+    ctx = PassContext(profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs)
+    progress.step("tflite")
+    float_model, names = _float_tflite(source, ctx, request)
+    base = LiteRtSession(float_model, ctx.threads, names)
+    ctx.inputs = [InputSpec(i.name, i.dtype.name, tuple(_dim(d) for d in i.shape)) for i in base.get_inputs()]
+    _load_data(ctx, request)
+    ctx.findings.source_size = float_model.stat().st_size
+    before = edgetpu.audit(float_model)
+    progress.step("quantize")
+    if before.fully_integer:
+        converted = float_model
+        ctx.record("quantize", "keep the model as given", "it is already full integer (every op int8/uint8)")
+    else:
+        converted = _quantize(float_model, ctx, config.per_channel)
+    progress.step("validate")
+    data = ctx.evaluation or ctx.calibration
+    assert data is not None and ctx.calibration is not None
+    metrics = _measure(float_model, converted, ctx, names, before.fully_integer)
+    after = edgetpu.audit(converted)
+    ctx.record(
+        "edgetpu",
+        "full integer" if after.fully_integer else "not full integer",
+        "Edge TPU compile not run: edgetpu_compiler is not installable here; a real pipeline runs"
+        " `edgetpu_compiler -s model.tflite` on this model before bundling",
+        **after.as_dict(),
+    )
+    progress.step("package")
+    session = LiteRtSession(converted, ctx.threads, names)
+    source_session = LiteRtSession(float_model, ctx.threads, names)
+    manifest = Manifest(
+        name=request.name or safe_name(source.stem),
+        version=request.version,
+        profile=profile.name,
+        runtime="litert",
+        precision="int8" if after.fully_integer else "int8-mixed",
+        source=SourceInfo(format=source.format, sha256=source.sha256, filename=source.filename),
+        model_file=MODEL_FILE,
+        inputs=tensor_specs(session.get_inputs()),
+        outputs=tensor_specs(session.get_outputs()),
+        metrics=metrics,
+        reference=reference(session, ctx.calibration),  # type: ignore[arg-type]
+        smoke=smoke(session, source_session, data),  # type: ignore[arg-type]
+        decisions=list(ctx.decisions),
+        litert=LiteRtInfo(
+            fully_integer=after.fully_integer, edgetpu_unsupported_ops=after.unsupported, edgetpu_compiled=False
+        ),
+    )
+    staged = workdir / MODEL_FILE
+    if converted != staged:
+        shutil.copyfile(converted, staged)
+    bundle = write_bundle(manifest, {MODEL_FILE: staged}, key, request.out_dir)
+    signed = verify_bundle(bundle).manifest
+    report_path = report.write(request.out_dir / "report.html", signed, ctx.findings)
+    log.info("wrote %s and %s", bundle, report_path)
+    return LiteRtResult(bundle, signed, report_path)
+
+
+def _float_tflite(source: SourceModel, ctx: PassContext, request: ConvertRequest) -> tuple[Path, list[str]]:
+    """The float (or already quantized) ``.tflite`` and its input names as the data names them."""
+    out = ctx.path("source.tflite")
+    if source.format == "tflite":
+        shutil.copyfile(request.model, out)
+        it = interpreter(out, 1, ops=True)
+        ctx.record("load", "LiteRT model", f"{len(it._get_ops_details())} ops, loaded and allocated by LiteRT")
+        return out, _tflite_input_names(it)
+    examples = export_pass._example_inputs(ctx)
+    export_tflite(source.artifact.torch_module, examples, out)
+    ctx.record(
+        "export",
+        "float .tflite (litert-torch)",
+        "PyTorch traced with torch.export at batch 1 (static shapes, as the Edge TPU needs) and lowered"
+        " to LiteRT without TensorFlow",
+        inputs={n: [1, *a.shape[1:]] for n, a in examples.items()},
+    )
+    return out, list(examples)
+
+
+def _tflite_input_names(it: object) -> list[str]:
+    """The signature's input names (``input_1``) in the model's input order, else the tensor names."""
+    details = it.get_input_details()  # type: ignore[attr-defined]
+    signatures = it.get_signature_list()  # type: ignore[attr-defined]
+    if len(signatures) == 1:
+        key = next(iter(signatures))
+        runner = it.get_signature_runner(key)  # type: ignore[attr-defined]
+        by_index = {d["index"]: n for n, d in runner.get_input_details().items()}
+        if all(d["index"] in by_index for d in details):
+            return [by_index[d["index"]] for d in details]
+    return [d["name"] for d in details]
+
+
+def _dim(d: int | str) -> int | None:
+    return d if isinstance(d, int) else None
+
+
+def _load_data(ctx: PassContext, request: ConvertRequest) -> None:
+    share = memory.active().share(0.15)
+    if request.evaluation is not None:
+        ctx.evaluation = cal.load_npz(request.evaluation, ctx.inputs, "eval", share)
+    if ctx.options.calibration_path is None:
+        raise ConfigError(f"profile {ctx.profile.name} needs --calibration DATA.npz (full-integer quantization)")
+    ctx.calibration = cal.load_npz(ctx.options.calibration_path, ctx.inputs, "calibration", share)
+    ctx.findings.calibration_origin = ctx.calibration.origin
+    ctx.findings.eval_origin = (ctx.evaluation or ctx.calibration).origin
+    ctx.record("data", "calibration: " + ctx.calibration.origin, "user data", eval=ctx.findings.eval_origin)
+
+
+def _judge(ctx: PassContext, base: Path) -> LiteRtJudge:
+    data = (ctx.evaluation or ctx.calibration).take(512)  # type: ignore[union-attr]
+    return LiteRtJudge(base, data, ctx.profile.quantization, ctx.options.max_accuracy_drop, ctx.threads)
+
+
+def _quantize(float_model: Path, ctx: PassContext, per_channel: bool) -> Path:
+    if not edgetpu.is_float(float_model):
+        raise ConversionError(
+            f"{float_model.name}: the model is partly quantized (dynamic-range or mixed); ai-edge-quantizer"
+            " makes full integer only from the float model: pass the float .tflite or the PyTorch model"
+        )
+    assert ctx.calibration is not None
+    chosen, tried = search(float_model, ctx.workdir, ctx.calibration, _judge(ctx, float_model), per_channel)
+    for cand in tried:
+        if cand is chosen:
+            cand.decide(Verdict.CHOSEN, fidelity_line(cand.fidelity) if cand.fidelity else "")
+        cand.record(ctx, "quantize")
+    if chosen.excluded:
+        log.warning(
+            "%s could not be quantized without breaking fidelity: left in float (not full integer)",
+            ", ".join(chosen.excluded),
+        )
+    return chosen.path
+
+
+def _measure(
+    float_model: Path, converted: Path, ctx: PassContext, names: list[str], unchanged: bool
+) -> Metrics:
+    """Size, host latency (LiteRT, the profile's threads), fidelity and accuracy vs the float model."""
+    assert ctx.calibration is not None
+    sessions = {
+        SOURCE: LiteRtSession(float_model, ctx.threads, names),
+        SOURCE_AGAIN: LiteRtSession(float_model, ctx.threads, names),
+        "converted": LiteRtSession(converted, ctx.threads, names),
+    }
+    latency = compare_latency(sessions, ctx.calibration.first(), aa=(SOURCE, SOURCE_AGAIN))  # type: ignore[arg-type]
+    ratio = latency.ratio("converted", SOURCE)
+    if latency.slower("converted", SOURCE) and not unchanged:
+        ctx.record(
+            "validate",
+            "ship the full-integer model though it is slower on this host",
+            f"{ratio:.3f}x the float model's host latency (noise ±{latency.margin('converted', SOURCE):.3f});"
+            f" profile {ctx.profile.name}'s accelerator runs only full-integer models, the float one not at all",
+        )
+    cand = Candidate("converted", converted, "int8", "the bundled model")
+    judge = _judge(ctx, float_model)
+    judge.check(cand)
+    assert cand.fidelity is not None
+    metrics = Metrics(
+        size_bytes=SizeMetric(source=float_model.stat().st_size, converted=converted.stat().st_size),
+        latency_ms=LatencyMetric(
+            source=latency.median(SOURCE),
+            converted=latency.median("converted"),
+            host=host_name(),
+            threads=ctx.threads,
+        ),
+        fidelity=FidelityMetric(**cand.fidelity.as_dict()),
+    )
+    if judge.base_accuracy is not None and cand.accuracy is not None:
+        metrics.accuracy = AccuracyMetric(metric="top1", source=judge.base_accuracy, converted=cand.accuracy)
+    ctx.findings.metrics = metrics
+    ctx.record(
+        "validate",
+        f"{fidelity_line(cand.fidelity)} against the float model",
+        cand.status,
+        latency_ratio=round(ratio, 3),
+        size_ratio=round(converted.stat().st_size / max(1, float_model.stat().st_size), 3),
+    )
+    if cand.verdict is Verdict.BELOW_BAR and not unchanged:
+        raise ConversionError(f"the full-integer model misses the bar: {cand.reason}")
+    return metrics
