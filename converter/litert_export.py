@@ -41,7 +41,9 @@ def export_tflite(module: Any, examples: dict[str, np.ndarray], out: Path) -> Pa
     try:
         import litert_torch
     except ImportError:
-        raise ConfigError("PyTorch to LiteRT needs litert-torch: pip install 'edgefleet[converter,tflite]'") from None
+        raise ConfigError(
+            "PyTorch to LiteRT needs litert-torch: pip install 'edgefleet[converter,tflite]'"
+        ) from None
     if isinstance(module, torch.jit.ScriptModule):
         raise ConversionError(
             "TorchScript cannot be traced for LiteRT (torch.export does not take it): pass the model as"

@@ -22,7 +22,7 @@ from converter.candidates import SOURCE, SOURCE_AGAIN, Candidate, Verdict
 from converter.context import PassContext
 from converter.litert_export import export_tflite, litert_available
 from converter.litert_quantize import LiteRtJudge, fidelity_line, search
-from converter.litert_session import LiteRtSession, interpreter, tensor_specs
+from converter.litert_session import IoNames, LiteRtSession, interpreter, tensor_specs
 from converter.loading import SourceModel, load_source, safe_name
 from converter.measure import compare_latency
 from converter.model import InputSpec
@@ -74,11 +74,14 @@ def convert_litert(
             f"profile {profile.name} makes a full-integer TFLite model from PyTorch or .tflite, not ONNX:"
             " pass the PyTorch model (package.module:factory or a torch.export .pt2) or a .tflite file"
         )
-    ctx = PassContext(profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs)
+    ctx = PassContext(
+        profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs
+    )
     progress.step("tflite")
     float_model, names = _float_tflite(source, ctx, request)
     base = LiteRtSession(float_model, ctx.threads, names)
     ctx.inputs = [InputSpec(i.name, i.dtype.name, tuple(_dim(d) for d in i.shape)) for i in base.get_inputs()]
+    del base
     _load_data(ctx, request)
     ctx.findings.source_size = float_model.stat().st_size
     before = edgetpu.audit(float_model)
@@ -87,7 +90,7 @@ def convert_litert(
         converted = float_model
         ctx.record("quantize", "keep the model as given", "it is already full integer (every op int8/uint8)")
     else:
-        converted = _quantize(float_model, ctx, config.per_channel)
+        converted = _quantize(float_model, ctx, names, config.per_channel)
     progress.step("validate")
     data = ctx.evaluation or ctx.calibration
     assert data is not None and ctx.calibration is not None
@@ -118,7 +121,9 @@ def convert_litert(
         smoke=smoke(session, source_session, data),  # type: ignore[arg-type]
         decisions=list(ctx.decisions),
         litert=LiteRtInfo(
-            fully_integer=after.fully_integer, edgetpu_unsupported_ops=after.unsupported, edgetpu_compiled=False
+            fully_integer=after.fully_integer,
+            edgetpu_unsupported_ops=after.unsupported,
+            edgetpu_compiled=False,
         ),
     )
     staged = workdir / MODEL_FILE
@@ -131,14 +136,17 @@ def convert_litert(
     return LiteRtResult(bundle, signed, report_path)
 
 
-def _float_tflite(source: SourceModel, ctx: PassContext, request: ConvertRequest) -> tuple[Path, list[str]]:
-    """The float (or already quantized) ``.tflite`` and its input names as the data names them."""
+def _float_tflite(source: SourceModel, ctx: PassContext, request: ConvertRequest) -> tuple[Path, IoNames]:
+    """The float (or already quantized) ``.tflite``, its inputs named as the data names them and its
+    outputs as the ONNX export names them (``output``, ``output_<i>``) or as its signature does."""
     out = ctx.path("source.tflite")
     if source.format == "tflite":
         shutil.copyfile(request.model, out)
         it = interpreter(out, 1, ops=True)
-        ctx.record("load", "LiteRT model", f"{len(it._get_ops_details())} ops, loaded and allocated by LiteRT")
-        return out, _tflite_input_names(it)
+        ctx.record(
+            "load", "LiteRT model", f"{len(it._get_ops_details())} ops, loaded and allocated by LiteRT"
+        )
+        return out, IoNames(_data_names(_signature_names(it, "inputs"), ctx), _signature_names(it, "outputs"))
     examples = export_pass._example_inputs(ctx)
     export_tflite(source.artifact.torch_module, examples, out)
     ctx.record(
@@ -148,20 +156,38 @@ def _float_tflite(source: SourceModel, ctx: PassContext, request: ConvertRequest
         " to LiteRT without TensorFlow",
         inputs={n: [1, *a.shape[1:]] for n, a in examples.items()},
     )
-    return out, list(examples)
+    n_out = len(interpreter(out, 1).get_output_details())
+    return out, IoNames(list(examples), ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)])
 
 
-def _tflite_input_names(it: object) -> list[str]:
-    """The signature's input names (``input_1``) in the model's input order, else the tensor names."""
-    details = it.get_input_details()  # type: ignore[attr-defined]
+def _signature_names(it: object, which: str) -> list[str]:
+    """The signature's names (``input_1``) in the model's tensor order, else the tensor names."""
+    details = it.get_input_details() if which == "inputs" else it.get_output_details()  # type: ignore[attr-defined]
     signatures = it.get_signature_list()  # type: ignore[attr-defined]
     if len(signatures) == 1:
-        key = next(iter(signatures))
-        runner = it.get_signature_runner(key)  # type: ignore[attr-defined]
-        by_index = {d["index"]: n for n, d in runner.get_input_details().items()}
+        runner = it.get_signature_runner(next(iter(signatures)))  # type: ignore[attr-defined]
+        sig = runner.get_input_details() if which == "inputs" else runner.get_output_details()
+        by_index = {d["index"]: n for n, d in sig.items()}
         if all(d["index"] in by_index for d in details):
             return [by_index[d["index"]] for d in details]
     return [d["name"] for d in details]
+
+
+def _data_names(names: list[str], ctx: PassContext) -> list[str]:
+    """A one-input model takes its one data array whatever the array's name: converters name LiteRT
+    inputs (``args_0``, ``serving_default_input_1:0``) in ways the user does not choose."""
+    path = ctx.options.calibration_path
+    if len(names) != 1 or path is None:
+        return names
+    arrays = [k for k in export_pass._example_inputs(ctx) if k != cal.LABELS]
+    if len(arrays) == 1 and arrays != names:
+        ctx.record(
+            "load",
+            f"input {names[0]!r} is served as {arrays[0]!r}",
+            "the data's one array names the one input",
+        )
+        return arrays
+    return names
 
 
 def _dim(d: int | str) -> int | None:
@@ -173,26 +199,32 @@ def _load_data(ctx: PassContext, request: ConvertRequest) -> None:
     if request.evaluation is not None:
         ctx.evaluation = cal.load_npz(request.evaluation, ctx.inputs, "eval", share)
     if ctx.options.calibration_path is None:
-        raise ConfigError(f"profile {ctx.profile.name} needs --calibration DATA.npz (full-integer quantization)")
+        raise ConfigError(
+            f"profile {ctx.profile.name} needs --calibration DATA.npz (full-integer quantization)"
+        )
     ctx.calibration = cal.load_npz(ctx.options.calibration_path, ctx.inputs, "calibration", share)
     ctx.findings.calibration_origin = ctx.calibration.origin
     ctx.findings.eval_origin = (ctx.evaluation or ctx.calibration).origin
     ctx.record("data", "calibration: " + ctx.calibration.origin, "user data", eval=ctx.findings.eval_origin)
 
 
-def _judge(ctx: PassContext, base: Path) -> LiteRtJudge:
+def _judge(ctx: PassContext, base: Path, names: IoNames) -> LiteRtJudge:
     data = (ctx.evaluation or ctx.calibration).take(512)  # type: ignore[union-attr]
-    return LiteRtJudge(base, data, ctx.profile.quantization, ctx.options.max_accuracy_drop, ctx.threads)
+    return LiteRtJudge(
+        base, data, ctx.profile.quantization, ctx.options.max_accuracy_drop, ctx.threads, names
+    )
 
 
-def _quantize(float_model: Path, ctx: PassContext, per_channel: bool) -> Path:
+def _quantize(float_model: Path, ctx: PassContext, names: IoNames, per_channel: bool) -> Path:
     if not edgetpu.is_float(float_model):
         raise ConversionError(
             f"{float_model.name}: the model is partly quantized (dynamic-range or mixed); ai-edge-quantizer"
             " makes full integer only from the float model: pass the float .tflite or the PyTorch model"
         )
     assert ctx.calibration is not None
-    chosen, tried = search(float_model, ctx.workdir, ctx.calibration, _judge(ctx, float_model), per_channel)
+    chosen, tried = search(
+        float_model, ctx.workdir, ctx.calibration, _judge(ctx, float_model, names), per_channel
+    )
     for cand in tried:
         if cand is chosen:
             cand.decide(Verdict.CHOSEN, fidelity_line(cand.fidelity) if cand.fidelity else "")
@@ -206,7 +238,7 @@ def _quantize(float_model: Path, ctx: PassContext, per_channel: bool) -> Path:
 
 
 def _measure(
-    float_model: Path, converted: Path, ctx: PassContext, names: list[str], unchanged: bool
+    float_model: Path, converted: Path, ctx: PassContext, names: IoNames, unchanged: bool
 ) -> Metrics:
     """Size, host latency (LiteRT, the profile's threads), fidelity and accuracy vs the float model."""
     assert ctx.calibration is not None
@@ -225,7 +257,7 @@ def _measure(
             f" profile {ctx.profile.name}'s accelerator runs only full-integer models, the float one not at all",
         )
     cand = Candidate("converted", converted, "int8", "the bundled model")
-    judge = _judge(ctx, float_model)
+    judge = _judge(ctx, float_model, names)
     judge.check(cand)
     assert cand.fidelity is not None
     metrics = Metrics(

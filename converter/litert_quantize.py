@@ -25,7 +25,7 @@ from pathlib import Path
 from converter.calibration import Dataset
 from converter.candidates import Candidate, Verdict, shortfall
 from converter.errors import tool_failure
-from converter.litert_session import LiteRtSession, interpreter
+from converter.litert_session import IoNames, LiteRtSession, interpreter
 from converter.measure import Fidelity, accuracy, fidelity, judged_as_classifier, outputs_over
 from sdk.errors import ConversionError
 from sdk.profiles import QuantizationSpec
@@ -54,7 +54,9 @@ def quantize(float_model: Path, out: Path, calibration: Dataset, setting: Settin
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    granularity = qtyping.QuantGranularity.CHANNELWISE if setting.per_channel else qtyping.QuantGranularity.TENSORWISE
+    granularity = (
+        qtyping.QuantGranularity.CHANNELWISE if setting.per_channel else qtyping.QuantGranularity.TENSORWISE
+    )
     it = interpreter(float_model, 1)
     signatures = it.get_signature_list()
     if len(signatures) != 1:
@@ -71,11 +73,15 @@ def quantize(float_model: Path, out: Path, calibration: Dataset, setting: Settin
     q = quantizer.Quantizer(str(float_model))
     q.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8, granularity)
     for op in setting.float_ops:
-        q.update_quantization_recipe(".*", qtyping.TFLOperationName(op), algorithm_key=AlgorithmName.NO_QUANTIZE)
+        q.update_quantization_recipe(
+            ".*", qtyping.TFLOperationName(op), algorithm_key=AlgorithmName.NO_QUANTIZE
+        )
     try:
         # the quantizer prints progress bars and a size report; the converter reports on its own.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
-            io.StringIO()
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
         ):
             warnings.simplefilter("ignore")
             ranges = q.calibrate({key: samples}, num_threads=1)
@@ -94,9 +100,11 @@ def _batch(it: object) -> int:
 class LiteRtJudge:
     """Fidelity and accuracy of LiteRT candidates against the float model, at the profile's bar."""
 
-    def __init__(self, base: Path, data: Dataset, bar: QuantizationSpec, max_drop: float, threads: int) -> None:
+    def __init__(
+        self, base: Path, data: Dataset, bar: QuantizationSpec, max_drop: float, threads: int, names: IoNames
+    ) -> None:
         self.data, self.bar, self.max_drop, self.threads = data, bar, max_drop, threads
-        self.names = list(data.inputs)
+        self.names = names
         session = LiteRtSession(base, threads, self.names)
         self.reference = outputs_over(session, data)
         self.classifier = judged_as_classifier(session, self.reference, data)
@@ -152,7 +160,9 @@ def search(
     floats: tuple[str, ...] = ()
     candidates_ops = [op for op in op_types(float_model) if _quantizable(op)]
     for _ in range(min(MAX_FLOAT_OP_TYPES, len(candidates_ops))):
-        trial = [attempt(Setting(best_granularity, (*floats, op))) for op in candidates_ops if op not in floats]
+        trial = [
+            attempt(Setting(best_granularity, (*floats, op))) for op in candidates_ops if op not in floats
+        ]
         ok = [c for c in trial if c.verdict is Verdict.MEETS_BAR]
         if ok:
             return ok[0], tried
@@ -160,7 +170,7 @@ def search(
         floats = best.excluded
     best = max(tried, key=lambda c: c.score())
     raise ConversionError(
-        f"no full-integer model meets the bar: the best, {best.name}, has {best.reason or best.verdict.value}"
+        f"no int8 model meets the bar, full integer or with up to {MAX_FLOAT_OP_TYPES} op types in float: the best, {best.name}, has {best.reason or best.verdict.value}"
         " (pass --max-accuracy-drop to relax the accuracy bar, or use a profile that keeps float ops)"
     )
 

@@ -55,19 +55,30 @@ def interpreter(model: Path, threads: int, *, ops: bool = False) -> Any:
     return it
 
 
-class LiteRtSession:
-    """One LiteRT interpreter; ``names`` renames its inputs in order (the user's data names)."""
+@dataclass(frozen=True)
+class IoNames:
+    """The names a bundle gives a model's inputs and outputs, in the model's order."""
 
-    def __init__(self, model: Path, threads: int, input_names: list[str] | None = None) -> None:
+    inputs: list[str]
+    outputs: list[str]
+
+
+class LiteRtSession:
+    """One LiteRT interpreter; ``names`` renames its inputs and outputs in order (the bundle's names)."""
+
+    def __init__(self, model: Path, threads: int, names: IoNames | None = None) -> None:
         self.path = model
         self._it = interpreter(model, threads)
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
-        names = input_names or [d["name"] for d in self._in]
-        if len(names) != len(self._in):
-            raise ConversionError(f"{model.name} has {len(self._in)} inputs, the data names {len(names)}")
-        self._inputs = [_info(n, d) for n, d in zip(names, self._in, strict=True)]
-        self._outputs = [_info(d["name"], d) for d in self._out]
+        ins = names.inputs if names else [d["name"] for d in self._in]
+        outs = names.outputs if names else [d["name"] for d in self._out]
+        if len(ins) != len(self._in) or len(outs) != len(self._out):
+            raise ConversionError(
+                f"{model.name} has {len(self._in)} inputs and {len(self._out)} outputs, not {len(ins)} and {len(outs)}"
+            )
+        self._inputs = [_info(n, d) for n, d in zip(ins, self._in, strict=True)]
+        self._outputs = [_info(n, d) for n, d in zip(outs, self._out, strict=True)]
 
     def get_inputs(self) -> list[TensorInfo]:
         return self._inputs

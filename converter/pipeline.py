@@ -30,7 +30,7 @@ from sdk import keys
 from sdk.bundle import verify_bundle
 from sdk.errors import ConfigError, ConversionError
 from sdk.manifest import Manifest
-from sdk.profiles import HardwareProfile, load_profile
+from sdk.profiles import load_profile
 
 log = logging.getLogger("converter")
 

@@ -35,4 +35,6 @@ class QuantParams:
         return np.clip(q, info.min, info.max).astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return ((q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
+        return ((q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(
+            np.float32
+        )
