@@ -50,13 +50,15 @@ def export_tflite(module: Any, examples: dict[str, np.ndarray], out: Path) -> Pa
             " package.module:factory or a torch.export .pt2 file, or a .tflite"
         )
     if isinstance(module, torch.export.ExportedProgram):
-        module = module.module()
+        module = module.module()  # a GraphModule in inference form already (it refuses .eval())
+    else:
+        module = module.eval()
     args = tuple(torch.from_numpy(np.ascontiguousarray(a[:1])) for a in examples.values())
     try:
         # litert-torch reports its progress on stdout; the converter's own progress goes to stderr.
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            litert_torch.convert(module.eval(), args).export(str(out))
+            litert_torch.convert(module, args).export(str(out))
     except Exception as exc:  # torch.export and the MLIR lowering raise many types
         raise tool_failure("litert-torch conversion", exc) from None
     log.info("litert-torch wrote %s (%d bytes)", out.name, out.stat().st_size)

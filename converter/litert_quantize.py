@@ -169,9 +169,14 @@ def search(
         best = max(trial, key=lambda c: c.score())
         floats = best.excluded
     best = max(tried, key=lambda c: c.score())
+    hint = (
+        "pass --max-accuracy-drop to relax the accuracy bar"
+        if best.fidelity is not None and best.fidelity.argmax_agreement is not None
+        else "a classifier is judged by argmax agreement when --eval data has labels"
+    )
     raise ConversionError(
-        f"no int8 model meets the bar, full integer or with up to {MAX_FLOAT_OP_TYPES} op types in float: the best, {best.name}, has {best.reason or best.verdict.value}"
-        " (pass --max-accuracy-drop to relax the accuracy bar, or use a profile that keeps float ops)"
+        f"no int8 model meets the bar, full integer or with up to {MAX_FLOAT_OP_TYPES} op types in float:"
+        f" the best, {best.name}, has {best.reason or best.verdict.value} ({hint})"
     )
 
 
