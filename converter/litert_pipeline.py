@@ -222,9 +222,8 @@ def _quantize(float_model: Path, ctx: PassContext, names: IoNames, per_channel: 
             " makes full integer only from the float model: pass the float .tflite or the PyTorch model"
         )
     assert ctx.calibration is not None
-    chosen, tried = search(
-        float_model, ctx.workdir, ctx.calibration, _judge(ctx, float_model, names), per_channel
-    )
+    judge = _judge(ctx, float_model, names)
+    chosen, tried = search(float_model, ctx.workdir, ctx.calibration, judge, per_channel, ctx.seconds_left)
     for cand in tried:
         if cand is chosen:
             cand.decide(Verdict.CHOSEN, fidelity_line(cand.fidelity) if cand.fidelity else "")

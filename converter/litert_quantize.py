@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +134,15 @@ def op_types(model: Path) -> list[str]:
 
 
 def search(
-    float_model: Path, workdir: Path, calibration: Dataset, judge: LiteRtJudge, per_channel: bool
+    float_model: Path,
+    workdir: Path,
+    calibration: Dataset,
+    judge: LiteRtJudge,
+    per_channel: bool,
+    seconds_left: Callable[[], float] = lambda: float("inf"),
 ) -> tuple[Candidate, list[Candidate]]:
-    """The first candidate that meets the bar (see the module doc), and every candidate tried."""
+    """The first candidate that meets the bar (see the module doc), and every candidate tried; the
+    float-op back-off stops when ``seconds_left()`` (the --budget) runs out."""
     tried: list[Candidate] = []
 
     def attempt(setting: Setting) -> Candidate:

@@ -95,10 +95,13 @@ class LiteRtSession:
         return self._invoke(feeds)
 
     def _invoke(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        for info, detail in zip(self._inputs, self._in, strict=True):
+        for i, (info, detail) in enumerate(zip(self._inputs, self._in, strict=True)):
             value = feeds[info.name]
             if info.quant is not None and value.dtype.kind == "f":
                 value = info.quant.quantize(value)
+            if tuple(self._it.get_input_details()[i]["shape"]) != value.shape:  # a dynamic dim changed
+                self._it.resize_tensor_input(detail["index"], list(value.shape))
+                self._it.allocate_tensors()
             self._it.set_tensor(detail["index"], np.ascontiguousarray(value, dtype=detail["dtype"]))
         self._it.invoke()
         outs = []

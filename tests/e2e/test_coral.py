@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,11 +146,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         litert_torch.convert(model, (torch.from_numpy(x[:1]),)).export(str(float_tflite))
     peer = _peer_quantized(float_tflite, x, work / "digits-peer-int8.tflite")
 
-    bundles = {
-        "torch": _convert("digits_factory:digits", "digits-torch", work, key),
-        "float": _convert(float_tflite, "digits-float", work, key),
-        "peer": _convert(peer, "digits-peer", work, key),
-    }
+    sources = {"torch": "digits_factory:digits", "float": float_tflite, "peer": peer}
+    with ThreadPoolExecutor(len(sources)) as pool:  # three processes: their imports overlap
+        jobs = {k: pool.submit(_convert, src, f"digits-{k}", work, key) for k, src in sources.items()}
+        bundles = {k: job.result() for k, job in jobs.items()}
     manifests = {
         k: verify_bundle(b, [keys.load_public_key(Path(f"{key}.pub"))]).manifest for k, b in bundles.items()
     }
