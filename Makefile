@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Reinstall when the dependencies change: the stamp is named after pyproject.toml's hash.
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# Reinstall when the dependencies change: the stamp is named after their files' hash.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-tflite.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 # Two workers, one test file each at a time: the suite runs in about half the time (10 min on 2 cores
 # instead of 17); `make test PYTEST_PARALLEL=` runs it serially.
@@ -15,8 +15,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[all,tflite,dev]'
+$(STAMP): pyproject.toml requirements-tflite.txt | $(PY)
+	$(PY) -m pip install --quiet -e '.[all,litert,dev]'
+	# the tflite extra without its resolver-forced downgrades: see requirements-tflite.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-tflite.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
