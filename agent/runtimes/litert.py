@@ -71,6 +71,7 @@ class LiteRtRuntime(ModelRuntime):
         self._outputs = _by_manifest_name(
             self._interpreter.get_output_details(), [t.name for t in manifest.outputs]
         )
+        self._shapes = {n: tuple(int(v) for v in d["shape"]) for n, d in self._inputs.items()}
         self._quantize = _client_floats(manifest.inputs, self._inputs)
         self._dequantize = _client_floats(manifest.outputs, self._outputs)
         self._lock = threading.Lock()
@@ -85,9 +86,10 @@ class LiteRtRuntime(ModelRuntime):
             try:
                 for name, value in inputs.items():
                     detail = self._inputs[name]
-                    if tuple(detail["shape"]) != value.shape:
+                    if self._shapes[name] != value.shape:  # a dynamic dim changed since the last call
                         self._interpreter.resize_tensor_input(detail["index"], list(value.shape))
                         self._interpreter.allocate_tensors()
+                        self._shapes[name] = value.shape
                     params = self._quantize.get(name)
                     if params is not None:
                         value = params.quantize(value)

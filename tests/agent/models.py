@@ -182,12 +182,19 @@ def strings_bundle(out_dir: Path, key: keys.Ed25519PrivateKey, *, version: str =
     )
 
 
-def add_tflite(path: Path, bias: list[float], *, int8_scales: tuple[float, float] | None = None) -> Path:
+def add_tflite(
+    path: Path,
+    bias: list[float],
+    *,
+    int8_scales: tuple[float, float] | None = None,
+    dynamic_batch: bool = False,
+) -> Path:
     """A LiteRT flatbuffer computing y = x + bias on a [1, len(bias)] tensor, built with the schema
     classes that ship inside ai-edge-litert (no TensorFlow needed).
 
     ``int8_scales`` (input/bias scale, output scale) makes it full integer, as Coral models are: int8
-    tensors with zero points 0, the bias stored quantized.
+    tensors with zero points 0, the bias stored quantized. ``dynamic_batch`` marks x and y's first
+    dim dynamic (the bias broadcasts).
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as tfl
@@ -195,6 +202,8 @@ def add_tflite(path: Path, bias: list[float], *, int8_scales: tuple[float, float
     def tensor(name: str, buffer: int, scale: float | None) -> tfl.TensorT:
         t = tfl.TensorT()
         t.name, t.shape, t.buffer = name.encode(), [1, len(bias)], buffer
+        if dynamic_batch and name != "bias":
+            t.shapeSignature = [-1, len(bias)]
         t.type = tfl.TensorType.FLOAT32 if scale is None else tfl.TensorType.INT8
         if scale is not None:
             t.quantization = tfl.QuantizationParametersT()

@@ -96,3 +96,20 @@ def test_a_full_integer_model_is_hot_swapped_and_counted(
     assert any(
         line.startswith("edgefleet_agent_") and 'model="adder-int8"' in line for line in text.splitlines()
     )
+
+
+def test_a_dynamic_batch_is_resized_both_ways(tmp_path: Path) -> None:
+    from agent.runtimes.litert import LiteRtRuntime
+    from sdk.manifest import Manifest, SourceInfo, TensorSpec
+
+    model = add_tflite(tmp_path / "model.tflite", [1.0, 2.0, 3.0, 4.0], dynamic_batch=True)
+    spec = {"datatype": "FP32", "shape": [-1, 4]}
+    manifest = Manifest(
+        name="adder", version="1", profile="coral", runtime="litert", precision="fp32",
+        source=SourceInfo(format="tflite", sha256="0" * 64), model_file="model.tflite",
+        inputs=[TensorSpec(name="x", **spec)], outputs=[TensorSpec(name="y", **spec)],
+    )  # fmt: skip
+    runtime = LiteRtRuntime(model, manifest, threads=1)
+    for rows in (3, 1, 2):
+        x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+        np.testing.assert_array_equal(runtime.run({"x": x})["y"], x + np.array([1.0, 2.0, 3.0, 4.0]))
