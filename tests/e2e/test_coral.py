@@ -1,13 +1,14 @@
 """coral end to end with the real programs: PyTorch or .tflite -> edge-convert -> edge-agent -> tritonclient.
 
-A CNN trained here on scikit-learn's digits goes three ways into full-integer coral bundles:
+A CNN trained here on scikit-learn's digits goes four ways into full-integer coral bundles:
 
 * the PyTorch model itself (``package.module:factory``), through litert-torch and ai-edge-quantizer;
+* the same as TorchScript (turned into a ``torch.export`` program first);
 * a float ``.tflite`` the test makes with litert-torch;
 * a full-integer ``.tflite`` the test quantizes itself with ai-edge-quantizer (a peer converter),
   which must be bundled unchanged.
 
-One ``edge-agent`` subprocess installs and serves all three; ``tritonclient.http`` sends floats.
+One ``edge-agent`` subprocess installs and serves all four; ``tritonclient.http`` sends floats.
 """
 
 from __future__ import annotations
@@ -146,8 +147,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         litert_torch.convert(model, (torch.from_numpy(x[:1]),)).export(str(float_tflite))
     peer = _peer_quantized(float_tflite, x, work / "digits-peer-int8.tflite")
 
-    sources = {"torch": "digits_factory:digits", "float": float_tflite, "peer": peer}
-    with ThreadPoolExecutor(len(sources)) as pool:  # three processes: their imports overlap
+    torch.jit.save(torch.jit.script(model), work / "digits-script.pt")
+    sources = {
+        "torch": "digits_factory:digits",
+        "torchscript": work / "digits-script.pt",
+        "float": float_tflite,
+        "peer": peer,
+    }
+    with ThreadPoolExecutor(len(sources)) as pool:  # one process each: their imports overlap
         jobs = {k: pool.submit(_convert, src, f"digits-{k}", work, key) for k, src in sources.items()}
         bundles = {k: job.result() for k, job in jobs.items()}
     manifests = {
@@ -219,7 +226,7 @@ def _litert_direct(model: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
     return np.stack(out), so
 
 
-@pytest.mark.parametrize("source", ["torch", "float"])
+@pytest.mark.parametrize("source", ["torch", "torchscript", "float"])
 def test_coral_bundle_is_full_integer_and_keeps_accuracy(served: Served, source: str, tmp_path: Path) -> None:
     manifest = served.manifests[source]
     assert (
