@@ -58,6 +58,7 @@ def quantize(float_model: Path, out: Path, calibration: Dataset, setting: Settin
     granularity = (
         qtyping.QuantGranularity.CHANNELWISE if setting.per_channel else qtyping.QuantGranularity.TENSORWISE
     )
+    float_model = with_signature(float_model, out.with_name(f"{float_model.stem}-signed.tflite"))
     it = interpreter(float_model, 1)
     signatures = it.get_signature_list()
     if len(signatures) != 1:
@@ -90,6 +91,44 @@ def quantize(float_model: Path, out: Path, calibration: Dataset, setting: Settin
     except Exception as exc:  # the quantizer raises ValueError/RuntimeError/KeyError by op
         raise tool_failure(f"ai-edge-quantizer ({setting.name})", exc) from None
     out.write_bytes(bytes(result.quantized_model))
+    return out
+
+
+def with_signature(model: Path, out: Path) -> Path:
+    """``model`` itself, or a copy with one signature over its graph inputs and outputs.
+
+    ai-edge-quantizer calibrates through a signature; older converters (TensorFlow 1, hand-built
+    flatbuffers) wrote none. The copy names the signature's tensors by their tensor names.
+    """
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as tfl
+
+    if interpreter(model, 1).get_signature_list():
+        return model
+    if out.exists():
+        return out
+    raw = model.read_bytes()
+    m = tfl.ModelT.InitFromPackedBuf(raw, 0)
+    for buffer in m.buffers or []:
+        if buffer.offset and buffer.offset > 1:  # data stored after the flatbuffer: inline it for Pack
+            buffer.data = np.frombuffer(raw, np.uint8, count=buffer.size, offset=buffer.offset).copy()
+            buffer.offset = buffer.size = 0
+    graph = m.subgraphs[0]
+
+    def tensor_map(index: int) -> tfl.TensorMapT:
+        t = tfl.TensorMapT()
+        t.name, t.tensorIndex = graph.tensors[index].name, index
+        return t
+
+    signature = tfl.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = b"serving_default", 0
+    signature.inputs = [tensor_map(i) for i in graph.inputs]
+    signature.outputs = [tensor_map(i) for i in graph.outputs]
+    m.signatureDefs = [signature]
+    builder = flatbuffers.Builder(len(raw) + 1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    out.write_bytes(bytes(builder.Output()))
     return out
 
 
@@ -176,11 +215,15 @@ def search(
         best = max(trial, key=lambda c: c.score())
         floats = best.excluded
     best = max(tried, key=lambda c: c.score())
-    hint = (
-        "pass --max-accuracy-drop to relax the accuracy bar"
-        if best.fidelity is not None and best.fidelity.argmax_agreement is not None
-        else "a classifier is judged by argmax agreement when --eval data has labels"
-    )
+    if "accuracy dropped" in best.reason:
+        hint = "--max-accuracy-drop relaxes the accuracy bar"
+    elif best.fidelity is not None and best.fidelity.argmax_agreement is None:
+        hint = "a classifier is judged by argmax agreement when --eval data has labels"
+    else:
+        hint = (
+            f"more representative --calibration data (ranges came from {min(len(calibration), CALIBRATION_SAMPLES)}"
+            " samples), or a profile file of your own with a lower quantization bar"
+        )
     raise ConversionError(
         f"no int8 model meets the bar, full integer or with up to {MAX_FLOAT_OP_TYPES} op types in float:"
         f" the best, {best.name}, has {best.reason or best.verdict.value} ({hint})"

@@ -53,3 +53,40 @@ def test_coral_settings_and_what_the_litert_path_refuses() -> None:
     )
     with pytest.raises(ProfileError, match="full-integer int8"):
         tflite.configure_profile(uint8)
+
+
+def _convert_adder(tmp_path: Path, sign_key: Path, eval_scale: float) -> object:
+    from converter.context import Options
+    from converter.pipeline import ConvertRequest, convert
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", x=rng.uniform(0, 1, (64, 4)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=(eval_scale * rng.uniform(0, 1, (32, 4))).astype(np.float32))
+    request = ConvertRequest(
+        model=str(add_tflite(tmp_path / "adder.tflite", BIAS)),
+        profile="coral",
+        out_dir=tmp_path / "out",
+        evaluation=tmp_path / "eval.npz",
+        sign_key=str(sign_key),
+        options=Options(calibration_path=tmp_path / "cal.npz", budget_seconds=30),
+    )
+    return convert(request)
+
+
+def test_a_float_tflite_becomes_a_full_integer_bundle(tmp_path: Path, sign_key: Path) -> None:
+    result = _convert_adder(tmp_path, sign_key, eval_scale=1.0)
+    m = result.manifest  # type: ignore[attr-defined]
+    assert m.runtime == "litert" and m.model_file == "model.tflite" and m.source.format == "tflite"
+    assert m.litert is not None and m.litert.fully_integer and m.litert.edgetpu_unsupported_ops == {}
+    assert [(t.name, t.datatype, t.shape) for t in m.inputs] == [("x", "FP32", [1, 4])]
+    assert m.metrics.fidelity is not None and m.metrics.fidelity.cosine >= 0.999
+    assert m.smoke is not None and m.reference is not None and set(m.reference.inputs) == {"x"}
+    assert "Edge TPU" in result.report.read_text()  # type: ignore[attr-defined]
+
+
+def test_inputs_beyond_the_calibrated_range_fail_the_bar_in_one_line(tmp_path: Path, sign_key: Path) -> None:
+    from sdk.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="no int8 model meets the bar") as err:
+        _convert_adder(tmp_path, sign_key, eval_scale=50.0)  # int8 inputs saturate at the calibrated 1.0
+    assert "\n" not in str(err.value)
