@@ -14,7 +14,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from converter import calibration as cal
 from converter import edgetpu, memory, progress, report
@@ -92,9 +92,7 @@ def convert_litert(
     else:
         converted = _quantize(float_model, ctx, names, config.per_channel)
     progress.step("validate")
-    data = ctx.evaluation or ctx.calibration
-    assert data is not None and ctx.calibration is not None
-    metrics = _measure(float_model, converted, ctx, names, before.fully_integer)
+    _measure(float_model, converted, ctx, names, before.fully_integer)
     after = edgetpu.audit(converted)
     ctx.record(
         "edgetpu",
@@ -104,29 +102,52 @@ def convert_litert(
         **after.as_dict(),
     )
     progress.step("package")
-    session = LiteRtSession(converted, ctx.threads, names)
     source_session = LiteRtSession(float_model, ctx.threads, names)
+    return package_litert(converted, source_session, names, source, ctx, request, key, precision="int8")
+
+
+def package_litert(
+    converted: Path,
+    source_session: Any,
+    names: IoNames,
+    source: SourceModel,
+    ctx: PassContext,
+    request: ConvertRequest,
+    key: keys.Ed25519PrivateKey,
+    *,
+    precision: str,
+    any_batch: bool = False,
+) -> LiteRtResult:
+    """Manifest (metrics from ``ctx.findings``, reference, smoke against ``source_session``, the op
+    audit), signed bundle and report for the LiteRT model ``converted``. ``any_batch`` offers clients
+    any batch size for a batch-1 model (the agent runs it sample by sample)."""
+    assert ctx.calibration is not None and ctx.findings.metrics is not None
+    data = ctx.evaluation or ctx.calibration
+    audit = edgetpu.audit(converted)
+    session = LiteRtSession(converted, ctx.threads, names)
+    inputs, outputs = tensor_specs(session.get_inputs()), tensor_specs(session.get_outputs())
+    if any_batch:
+        for spec in (*inputs, *outputs):
+            spec.shape = [-1, *spec.shape[1:]] if spec.shape else spec.shape
     manifest = Manifest(
         name=request.name or safe_name(source.stem),
         version=request.version,
-        profile=profile.name,
+        profile=ctx.profile.name,
         runtime="litert",
-        precision="int8" if after.fully_integer else "int8-mixed",
+        precision=precision if audit.fully_integer or precision == "fp32" else f"{precision}-mixed",
         source=SourceInfo(format=source.format, sha256=source.sha256, filename=source.filename),
         model_file=MODEL_FILE,
-        inputs=tensor_specs(session.get_inputs()),
-        outputs=tensor_specs(session.get_outputs()),
-        metrics=metrics,
+        inputs=inputs,
+        outputs=outputs,
+        metrics=ctx.findings.metrics,
         reference=reference(session, ctx.calibration),  # type: ignore[arg-type]
-        smoke=smoke(session, source_session, data),  # type: ignore[arg-type]
+        smoke=smoke(session, source_session, data),
         decisions=list(ctx.decisions),
         litert=LiteRtInfo(
-            fully_integer=after.fully_integer,
-            edgetpu_unsupported_ops=after.unsupported,
-            edgetpu_compiled=False,
+            fully_integer=audit.fully_integer, edgetpu_unsupported_ops=audit.unsupported, edgetpu_compiled=False
         ),
     )
-    staged = workdir / MODEL_FILE
+    staged = ctx.workdir / MODEL_FILE
     if converted != staged:
         shutil.copyfile(converted, staged)
     bundle = write_bundle(manifest, {MODEL_FILE: staged}, key, request.out_dir)

@@ -72,6 +72,12 @@ class LiteRtRuntime(ModelRuntime):
             self._interpreter.get_output_details(), [t.name for t in manifest.outputs]
         )
         self._shapes = {n: tuple(int(v) for v in d["shape"]) for n, d in self._inputs.items()}
+        # batch 1 fixed in the model while the manifest offers any batch (-1): run sample by sample
+        offered = {t.name: t.shape for t in manifest.inputs}
+        self._batch_one = all(
+            len(d["shape_signature"]) and d["shape_signature"][0] == 1 and offered[n][:1] == [-1]
+            for n, d in self._inputs.items()
+        )
         self._quantize = _client_floats(manifest.inputs, self._inputs)
         self._dequantize = _client_floats(manifest.outputs, self._outputs)
         self._lock = threading.Lock()
@@ -82,22 +88,32 @@ class LiteRtRuntime(ModelRuntime):
         from sdk.errors import InferenceError
 
         names = output_names or list(self._outputs)
+        rows = {v.shape[0] for v in inputs.values() if v.ndim}
         with self._lock:
             try:
-                for name, value in inputs.items():
-                    detail = self._inputs[name]
-                    if self._shapes[name] != value.shape:  # a dynamic dim changed since the last call
-                        self._interpreter.resize_tensor_input(detail["index"], list(value.shape))
-                        self._interpreter.allocate_tensors()
-                        self._shapes[name] = value.shape
-                    params = self._quantize.get(name)
-                    if params is not None:
-                        value = params.quantize(value)
-                    self._interpreter.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
-                self._interpreter.invoke()
-                return {n: self._output(n) for n in names}
+                if self._batch_one and len(rows) == 1 and (n := rows.pop()) > 1:
+                    # a static batch-1 model offered to clients with any batch: sample by sample
+                    parts = [
+                        self._invoke({k: v[i : i + 1] for k, v in inputs.items()}, names) for i in range(n)
+                    ]
+                    return {k: np.concatenate([p[k] for p in parts]) for k in names}
+                return self._invoke(inputs, names)
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise InferenceError(f"LiteRT failed: {exc}") from None
+
+    def _invoke(self, inputs: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        for name, value in inputs.items():
+            detail = self._inputs[name]
+            if self._shapes[name] != value.shape:  # a dynamic dim changed since the last call
+                self._interpreter.resize_tensor_input(detail["index"], list(value.shape))
+                self._interpreter.allocate_tensors()
+                self._shapes[name] = value.shape
+            params = self._quantize.get(name)
+            if params is not None:
+                value = params.quantize(value)
+            self._interpreter.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+        self._interpreter.invoke()
+        return {n: self._output(n) for n in names}
 
     def _output(self, name: str) -> np.ndarray:
         value = self._interpreter.get_tensor(self._outputs[name]["index"])

@@ -113,3 +113,19 @@ def test_a_dynamic_batch_is_resized_both_ways(tmp_path: Path) -> None:
     for rows in (3, 1, 2):
         x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
         np.testing.assert_array_equal(runtime.run({"x": x})["y"], x + np.array([1.0, 2.0, 3.0, 4.0]))
+
+
+def test_a_batch_one_model_offered_any_batch_runs_sample_by_sample(tmp_path: Path) -> None:
+    from agent.runtimes.litert import LiteRtRuntime
+    from sdk.manifest import Manifest, SourceInfo, TensorSpec
+
+    model = add_tflite(tmp_path / "model.tflite", [1.0, 2.0, 3.0, 4.0], int8_scales=SCALES)  # fixed [1, 4]
+    spec = {"datatype": "FP32", "shape": [-1, 4]}
+    manifest = Manifest(
+        name="adder", version="1", profile="raspberry-pi", runtime="litert", precision="int8",
+        source=SourceInfo(format="tflite", sha256="0" * 64), model_file="model.tflite",
+        inputs=[TensorSpec(name="x", **spec)], outputs=[TensorSpec(name="y", **spec)],
+    )  # fmt: skip
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 4
+    y = LiteRtRuntime(model, manifest, threads=1).run({"x": x})["y"]
+    np.testing.assert_allclose(y, x + np.array([1.0, 2.0, 3.0, 4.0]), atol=SCALES[1])
