@@ -144,7 +144,9 @@ def package_litert(
         smoke=smoke(session, source_session, data),
         decisions=list(ctx.decisions),
         litert=LiteRtInfo(
-            fully_integer=audit.fully_integer, edgetpu_unsupported_ops=audit.unsupported, edgetpu_compiled=False
+            fully_integer=audit.fully_integer,
+            edgetpu_unsupported_ops=audit.unsupported,
+            edgetpu_compiled=False,
         ),
     )
     staged = ctx.workdir / MODEL_FILE

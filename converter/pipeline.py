@@ -18,9 +18,10 @@ import onnxruntime as ort
 
 from converter import budget as budgeting
 from converter import calibration as cal
-from converter import memory, package, progress, report
+from converter import litert_alternative, memory, package, progress, report
 from converter.context import Options, PassContext
 from converter.errors import first_line
+from converter.litert_pipeline import package_litert
 from converter.loading import SourceModel, load_source, safe_name
 from converter.model import ModelArtifact
 from converter.passes import resolve
@@ -107,6 +108,25 @@ def _convert(
         if ctx.findings.metrics is None:
             progress.step("validate")
             model = resolve("validate").run(model, ctx, resolve("validate").configure(ctx))
+        if litert_alternative.wanted(ctx, source):
+            progress.step("runtime")
+            chosen = litert_alternative.consider(model, source, ctx)
+            if chosen is not None:
+                progress.step("package")
+                path, precision, names = chosen
+                source_session = make_session(ctx.source_onnx, ctx.threads)
+                done = package_litert(
+                    path,
+                    source_session,
+                    names,
+                    source,
+                    ctx,
+                    request,
+                    key,
+                    precision=precision,
+                    any_batch=True,
+                )
+                return ConvertResult(done.bundle, done.manifest, done.report)
         progress.step("package")
         return _package(model, source, ctx, request, key)
 

@@ -39,6 +39,7 @@ from sdk.agent_client import AgentClient
 from sdk.bundle import verify_bundle
 from sdk.errors import InferenceError
 from sdk.manifest import Manifest
+from tests.converter.models import train_small_digits_cnn
 from tests.support.agent_proc import AGENT_BIN, Agent
 from tests.support.mosquitto import free_port
 from tests.support.waiting import wait_until
@@ -54,34 +55,6 @@ import torch
 def digits():
     return torch.load({path!r}, weights_only=False).eval()
 """
-
-
-def _train_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 6) -> object:
-    """A small CNN on the 8x8 digits: mini-batch Adam on one thread (about a second)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 2 * 2, 10),
-    )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.from_numpy(x[:HELD_OUT]), torch.from_numpy(y[:HELD_OUT])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small batches: more threads only contend on a busy 2-core host
-    try:
-        for _ in range(epochs):
-            perm = torch.randperm(len(xt))
-            for i in range(0, len(xt), 64):
-                idx = perm[i : i + 64]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
 
 
 @dataclass(frozen=True)
@@ -134,7 +107,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     key = work / "keys" / "signing"
     keys.save_keypair(keys.generate_key(), key)
     x, y = digits()
-    model = _train_cnn(x, y)
+    model = train_small_digits_cnn(x[:HELD_OUT], y[:HELD_OUT])
     with torch.no_grad():
         logits = model(torch.from_numpy(x[HELD_OUT:])).numpy()
     float_accuracy = float(np.mean(logits.argmax(1) == y[HELD_OUT:]))
