@@ -252,10 +252,14 @@ def _quantize(float_model: Path, ctx: PassContext, names: IoNames, per_channel: 
             cand.decide(Verdict.CHOSEN, fidelity_line(cand.fidelity) if cand.fidelity else "")
         cand.record(ctx, "quantize")
     if chosen.excluded:
-        log.warning(
-            "%s could not be quantized without breaking fidelity: left in float (not full integer)",
-            ", ".join(chosen.excluded),
+        ctx.record(
+            "quantize",
+            f"left in float: {', '.join(chosen.excluded)}",
+            "these op types could not be quantized without breaking fidelity (the full-integer candidates"
+            " above missed the bar); the model is not full integer, an Edge TPU runs it only up to the first",
+            op_types=list(chosen.excluded),
         )
+        log.warning("%s left in float: not full integer", ", ".join(chosen.excluded))
     return chosen.path
 
 
