@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Reinstall when the dependencies change: the stamp is named after pyproject.toml's hash.
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# Reinstall when the dependencies change: the stamp is named after their files' hash.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-tflite.txt | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 # `make demo DEMO_ARGS=--once` runs the loop once and exits (CI); without it the demo runs until Ctrl-C.
 DEMO_ARGS ?=
@@ -17,8 +17,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[all,tflite,dev]'
+$(STAMP): pyproject.toml requirements-tflite.txt | $(PY)
+	$(PY) -m pip install --quiet -e '.[all,litert,dev]'
+	# the tflite extra without its resolver-forced downgrades: see requirements-tflite.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-tflite.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -364,7 +364,15 @@ def main() -> int:
     parser.add_argument("--no-bentoml", action="store_true", help="skip BentoML (no install attempt)")
     parser.add_argument("--monitoring", action="store_true", help="only the cost of monitoring and shadow")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of --monitoring")
+    parser.add_argument(
+        "--litert", action="store_true", help="also: a coral bundle vs the bare LiteRT interpreter"
+    )
+    parser.add_argument("--litert-only", action="store_true", help="only the LiteRT section")
     args = parser.parse_args()
+    if args.litert or args.litert_only:
+        litert_section(args.seconds)
+        if args.litert_only:
+            return 0
     seconds = args.seconds
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     key = keys.generate_key()
@@ -635,6 +643,121 @@ def monitoring_cost(
             p99 = float(np.median([r.p99_ms for r in runs]))
             print(f"{name:<8} {label:<30} {p50:8.3f} {p99:8.3f} {p50 - off:+10.3f}")
     print("  goal: monitoring and shadow within 0.2 ms of off at p50")
+
+
+# ------------------------------------------------------------------------ LiteRT (coral), issue 11
+def _coral_bundle(work: Path, key: keys.Ed25519PrivateKey) -> tuple[Path, Path, np.ndarray]:
+    """A digits CNN (trained here), litert-torch float .tflite, full integer by the converter's own
+    quantizer step; bundled with floats offered to clients. Returns (model.tflite, bundle, one input)."""
+    import contextlib
+    import io
+
+    import litert_torch
+    import torch
+    from torch import nn
+
+    from converter.calibration import Dataset
+    from converter.litert_quantize import Setting, quantize
+    from converter.litert_session import IoNames, LiteRtSession, tensor_specs
+    from sdk.bundle import write_bundle
+    from sdk.manifest import Manifest, Smoke, SourceInfo
+    from sdk.tensors import EncodedTensor
+    from tests.converter.exporter_graphs import digits
+
+    x, _ = digits()
+    x = np.kron(x, np.ones((1, 1, 4, 4), np.float32))  # 32x32: the convolutions do real work
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 10),
+    ).eval()  # fmt: skip
+    float_model = work / "cnn-float.tflite"
+    with contextlib.redirect_stdout(io.StringIO()):
+        litert_torch.convert(model, (torch.from_numpy(x[:1]),)).export(str(float_model))
+    int8 = quantize(
+        float_model,
+        work / "cnn-int8.tflite",
+        Dataset({"image": x[:200]}, None, "digits", False),
+        Setting(True),
+    )
+    names = IoNames(["image"], ["output"])
+    session = LiteRtSession(int8, 2, names)
+    sample = x[:1]
+    (out,) = session.run(None, {"image": sample})
+    manifest = Manifest(
+        name="cnn-int8", version="1", profile="coral", runtime="litert", precision="int8",
+        source=SourceInfo(format="tflite", sha256="0" * 64), model_file="model.tflite",
+        inputs=tensor_specs(session.get_inputs()), outputs=tensor_specs(session.get_outputs()),
+        smoke=Smoke(inputs={"image": EncodedTensor.from_numpy(sample)}, outputs={"output": EncodedTensor.from_numpy(out)}, atol=0.5),
+    )  # fmt: skip
+    staged = work / "model.tflite"
+    staged.write_bytes(int8.read_bytes())
+    (work / "bundles").mkdir(exist_ok=True)
+    return staged, write_bundle(manifest, {"model.tflite": staged}, key, work / "bundles"), sample
+
+
+def _bare_litert(model: Path, x: np.ndarray, seconds: float, threads: int) -> Run:
+    """The limit: LiteRT in-process, quantizing the float input and dequantizing the output by hand."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from sdk.quantized_io import QuantParams
+
+    it = Interpreter(model_path=str(model), num_threads=threads)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    qi, qo = QuantParams.of(i["dtype"], i["quantization"]), QuantParams.of(o["dtype"], o["quantization"])
+    assert qi is not None and qo is not None
+    latencies = []
+    warm = time.perf_counter() + 0.5
+    stop = warm + seconds
+    while (start := time.perf_counter()) < stop:
+        it.set_tensor(i["index"], qi.quantize(x))
+        it.invoke()
+        qo.dequantize(it.get_tensor(o["index"]))
+        if start >= warm:
+            latencies.append(time.perf_counter() - start)
+    return _summary(latencies, seconds, 0)
+
+
+def litert_section(seconds: float) -> None:
+    """A coral bundle served by edge-agent (binary protocol, concurrency 1 and 4) vs bare LiteRT."""
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-litert-"))
+    key = keys.generate_key()
+    _, pub = keys.save_keypair(key, work / "signer")
+    model, bundle, x = _coral_bundle(work, key)
+    data_dir = work / "data"
+    subprocess.run(
+        [PY, "-m", "agent.cli", "install", str(bundle), "--data-dir", str(data_dir), "--trust-key", str(pub)],
+        check=True, capture_output=True, cwd=REPO,
+    )  # fmt: skip
+    threads = min(2, os.cpu_count() or 1)
+    rows = [("bare LiteRT (in-process, int8 io by hand)", 1, _bare_litert(model, x, seconds, threads))]
+    port = free_port()
+    server = start("edge-agent", agent_cmd(data_dir, pub, port), port, "/v2/models/cnn-int8/ready")
+    try:
+        body, hlen = encode_request({"image": x}, binary=True)
+        request = raw_request(
+            "/v2/models/cnn-int8/infer", body, {"Inference-Header-Content-Length": str(hlen)}
+        )
+        for level in (1, 4):
+            rows.append(
+                (
+                    "edge-agent, binary tensors (floats in/out)",
+                    level,
+                    http_load(port, request, level, seconds),
+                )
+            )
+    finally:
+        server.stop()
+    bare = rows[0][2].p50_ms
+    print(
+        f"\nLiteRT coral bundle ({model.stat().st_size / 1e3:.0f} kB, full integer), {seconds:g} s per cell"
+    )
+    print(f"{'server':45} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'overhead p50':>13}")
+    for name, level, run in rows:
+        overhead = f"{run.p50_ms - bare:+.3f} ms" if name != rows[0][0] else ""
+        print(f"{name:45} {level:>4} {run.p50_ms:>8.3f} {run.p99_ms:>8.3f} {run.rps:>8.0f} {overhead:>13}")
 
 
 def report(

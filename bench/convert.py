@@ -223,6 +223,65 @@ def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
     return rows
 
 
+# ------------------------------------------------------------------------ LiteRT (coral), issue 11
+def bench_litert(d: Path, key: Path, budget: float) -> list[list[str]]:
+    """The digits CNN as a torch.export program: litert-torch's float .tflite vs ``edge-convert
+    --profile coral`` (full-integer int8), both on the LiteRT interpreter, fidelity vs the float one."""
+    import contextlib
+    import io
+
+    import litert_torch
+
+    from converter.calibration import Dataset
+    from converter.litert_session import IoNames, LiteRtSession
+
+    model, x, y = models.train_digits_cnn(epochs=2)
+    example = (torch.from_numpy(x[:1]),)
+    torch.export.save(torch.export.export(model, example), d / "cnn.pt2")
+    np.savez(d / "cnn_cal.npz", pixels=x[:1000])
+    np.savez(d / "cnn_eval.npz", pixels=x[1400:], labels=y[1400:])
+    float_model = d / "cnn-float.tflite"
+    with contextlib.redirect_stdout(io.StringIO()):
+        litert_torch.convert(model, example).export(str(float_model))
+    ours = _child(
+        ["-m", "converter.cli", str(d / "cnn.pt2"), "--profile", "coral", "--calibration", str(d / "cnn_cal.npz"),
+         "--eval", str(d / "cnn_eval.npz"), "--output", str(d / "out"), "--sign-key", str(key),
+         "--budget", str(budget), "--json"],
+        d / "coral.peak",
+    )  # fmt: skip
+    body = json.loads(ours.stdout)
+    extract_bundle(Path(body["bundle"]), d / "coral")
+    manifest = body["manifest"]
+    names = IoNames([t["name"] for t in manifest["inputs"]], [t["name"] for t in manifest["outputs"]])
+    variants = {"litert float .tflite": float_model, "edgefleet coral": d / "coral" / "model.tflite"}
+    sessions = {k: LiteRtSession(path, 2, names) for k, path in variants.items()}
+    sessions[AGAIN] = LiteRtSession(float_model, 2, names)
+    data = Dataset({"pixels": x[1400:]}, y[1400:], "digits held out", False)
+    base = "litert float .tflite"
+    reference = outputs_over(sessions[base], data)
+    latency = compare_latency(sessions, data.first(), rounds=40, seconds_per_model=2.0, aa=(base, AGAIN))  # type: ignore[arg-type]
+    rows = []
+    for k, path in variants.items():
+        fid = fidelity(reference, outputs_over(sessions[k], data), True)
+        child = ours if k == "edgefleet coral" else None
+        rows.append(
+            [
+                "digits CNN (LiteRT)",
+                k + (f" [{manifest['precision']}]" if child else ""),
+                f"{path.stat().st_size / 1e6:.2f}",
+                f"{path.stat().st_size / float_model.stat().st_size:.2f}x",
+                f"{latency.median(k):.4f}",
+                f"{latency.ratio(k, base):.3f}x" + (f" ±{latency.noise:.3f}" if k == base else ""),
+                "slower" if latency.slower(k, base) else "",
+                f"{fid.argmax_agreement:.4f}" if fid.argmax_agreement is not None else "-",
+                f"{fid.cosine:.5f}",
+                f"{child.seconds:.1f}" if child else "",
+                f"{child.peak_mb:.0f}" if child else "",
+            ]
+        )
+    return rows
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "cnn": _cnn,
     "encoder": _encoder,
@@ -242,6 +301,7 @@ def main() -> None:
         "--models", help=f"comma-separated subset of {','.join(CASES)} (default: all but minilm)"
     )
     parser.add_argument("--budget", type=float, default=60.0, help="edge-convert --budget (seconds)")
+    parser.add_argument("--litert", action="store_true", help="add the LiteRT (coral) path (tflite extra)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     names = args.models.split(",") if args.models else [n for n in CASES if n != "minilm"]
@@ -267,6 +327,9 @@ def main() -> None:
             d = Path(tmp) / name
             d.mkdir()
             rows += bench(CASES[name](d), d, key, args.budget)
+        if args.litert:
+            (Path(tmp) / "litert").mkdir()
+            rows += bench_litert(Path(tmp) / "litert", key, args.budget)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))

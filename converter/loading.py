@@ -44,6 +44,12 @@ class SourceModel:
     example_inputs: tuple[Any, ...] | None = None
 
 
+def safe_name(stem: str) -> str:
+    """A default bundle name from a file stem or factory name (letters, digits, ``._+-``)."""
+    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).lstrip(".-_+")
+    return cleaned or "model"
+
+
 def _sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

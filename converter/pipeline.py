@@ -18,19 +18,20 @@ import onnxruntime as ort
 
 from converter import budget as budgeting
 from converter import calibration as cal
-from converter import memory, package, progress, report
+from converter import litert_alternative, memory, package, progress, report
 from converter.context import Options, PassContext
 from converter.errors import first_line
-from converter.loading import SourceModel, load_source
+from converter.litert_pipeline import package_litert
+from converter.loading import SourceModel, load_source, safe_name
 from converter.model import ModelArtifact
-from converter.passes import resolve, tflite
+from converter.passes import resolve
 from converter.runtime import input_specs, make_session, run
 from converter.signing import signing_key
 from sdk import keys
 from sdk.bundle import verify_bundle
 from sdk.errors import ConfigError, ConversionError
 from sdk.manifest import Manifest
-from sdk.profiles import HardwareProfile, load_profile
+from sdk.profiles import load_profile
 
 log = logging.getLogger("converter")
 
@@ -73,17 +74,22 @@ def _convert(
     request: ConvertRequest, limit: memory.MemoryLimit, budget: budgeting.TimeBudget
 ) -> ConvertResult:
     profile = load_profile(request.profile)
-    _refuse_unsupported(profile)
-    passes = [resolve(name) for name in profile.passes]
     key = signing_key(request.sign_key)
+    if profile.runtime == "litert":
+        from converter.litert_pipeline import convert_litert
+
+        with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
+            done = convert_litert(request, profile, key, Path(tmp))
+            return ConvertResult(done.bundle, done.manifest, done.report)
+    passes = [resolve(name) for name in profile.passes]
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         workdir = Path(tmp)
         progress.step("load")
         source = load_source(request.model, workdir)
         if source.format == "tflite":
             raise ConversionError(
-                f"{request.model}: TFLite models are not converted for {profile.runtime} profiles yet; give the"
-                " ONNX or PyTorch model"
+                f"{request.model}: a TFLite model is converted only for LiteRT profiles (coral); give the"
+                f" ONNX or PyTorch model for {profile.name}"
             )
         ctx = PassContext(
             profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs
@@ -102,13 +108,27 @@ def _convert(
         if ctx.findings.metrics is None:
             progress.step("validate")
             model = resolve("validate").run(model, ctx, resolve("validate").configure(ctx))
+        if litert_alternative.wanted(ctx, source):
+            progress.step("runtime")
+            chosen = litert_alternative.consider(model, source, ctx)
+            if chosen is not None:
+                progress.step("package")
+                path, precision, names = chosen
+                source_session = make_session(ctx.source_onnx, ctx.threads)
+                done = package_litert(
+                    path,
+                    source_session,
+                    names,
+                    source,
+                    ctx,
+                    request,
+                    key,
+                    precision=precision,
+                    any_batch=True,
+                )
+                return ConvertResult(done.bundle, done.manifest, done.report)
         progress.step("package")
         return _package(model, source, ctx, request, key)
-
-
-def _refuse_unsupported(profile: HardwareProfile) -> None:
-    if profile.runtime != "onnxruntime":
-        tflite.refuse(profile)
 
 
 def _attach_data(model: ModelArtifact, ctx: PassContext, request: ConvertRequest) -> None:
@@ -227,7 +247,7 @@ def _package(
     key: keys.Ed25519PrivateKey,
 ) -> ConvertResult:
     bundle_request = package.BundleRequest(
-        name=request.name or _safe_name(source.stem), version=request.version, out_dir=request.out_dir
+        name=request.name or safe_name(source.stem), version=request.version, out_dir=request.out_dir
     )
     manifest = package.build_manifest(model, source, ctx, bundle_request)
     bundle = package.write(model, manifest, key, request.out_dir)
@@ -235,8 +255,3 @@ def _package(
     report_path = report.write(request.out_dir / "report.html", signed, ctx.findings)
     log.info("wrote %s and %s", bundle, report_path)
     return ConvertResult(bundle, signed, report_path)
-
-
-def _safe_name(stem: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).lstrip(".-_+")
-    return cleaned or "model"

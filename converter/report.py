@@ -117,6 +117,8 @@ def render(manifest: Manifest, findings: Findings) -> str:
                 "Latency", [("source", m.latency_ms.source), ("converted", m.latency_ms.converted)], "ms"
             )
         )
+    if manifest.litert is not None:
+        out.append(_edgetpu_section(manifest))
     if findings.candidates:
         out.append("<h2>Candidates</h2>")
         crow = []
@@ -182,6 +184,21 @@ def render(manifest: Manifest, findings: Findings) -> str:
     out.append("<h2>Runtime options the agent applies</h2>")
     out.append(f"<pre>{_e(manifest.runtime_options.model_dump_json(indent=1))}</pre></body></html>")
     return "\n".join(out)
+
+
+def _edgetpu_section(manifest: Manifest) -> str:
+    """Per op type, what the Edge TPU compiler would leave on the CPU (predicted: it is not run here)."""
+    info = manifest.litert
+    assert info is not None
+    head = (
+        f"<h2>Edge TPU</h2><p>{'fully integer' if info.fully_integer else '<b>not fully integer</b>'};"
+        " <code>edgetpu_compiler</code> was not run (it is not installable on this host): a real pipeline"
+        " compiles this model.tflite with <code>edgetpu_compiler -s</code> before bundling.</p>"
+    )
+    if not info.edgetpu_unsupported_ops:
+        return head + "<p>Every op is one the Edge TPU runs.</p>"
+    rows = [[op, v.get("count"), v.get("reason")] for op, v in info.edgetpu_unsupported_ops.items()]
+    return head + _table(["op the Edge TPU cannot run", "count", "why"], rows)
 
 
 def _fmt(x: object) -> str:

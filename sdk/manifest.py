@@ -168,6 +168,17 @@ class Decision(_Model):
     measured: dict[str, Any] = Field(default_factory=dict)
 
 
+class LiteRtInfo(_Model):
+    """What a LiteRT (``.tflite``) bundle's model is made of, for NPUs that run only integer ops."""
+
+    #: every op computes in int8/uint8 (int32 biases): what an Edge TPU needs.
+    fully_integer: bool
+    #: op type -> {"count", "reason"}: ops the Edge TPU compiler would leave on the CPU.
+    edgetpu_unsupported_ops: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: whether ``edgetpu_compiler`` compiled the model (it is not installable on every host).
+    edgetpu_compiled: bool = False
+
+
 class Signer(_Model):
     key_id: str
     #: raw Ed25519 public key, base64; trust is decided by the reader's trusted keys, not by this.
@@ -193,6 +204,8 @@ class Manifest(_Model):
     smoke: Smoke | None = None
     runtime_options: RuntimeOptions = Field(default_factory=RuntimeOptions)
     decisions: list[Decision] = Field(default_factory=list)
+    #: LiteRT bundles only: integer-ness and Edge TPU op coverage.
+    litert: LiteRtInfo | None = None
     signer: Signer | None = None
 
     @field_validator("name", "version", "profile")

@@ -77,6 +77,9 @@ class HardwareProfile(_Strict):
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     #: the converter's passes, in order; each name resolves in the converter's pass registry.
     passes: list[str]
+    #: other runtimes the converter may ship instead of ``runtime`` when one measures faster at the
+    #: same fidelity bar (``litert``: LiteRT with XNNPACK, for PyTorch sources on CPU profiles).
+    alternative_runtimes: list[Runtime] = Field(default_factory=list)
     opset: OpsetRange
     threads: int = Field(ge=1, le=256)
     max_model_mb: float = Field(gt=0)

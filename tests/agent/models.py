@@ -212,26 +212,47 @@ def strings_bundle(out_dir: Path, key: keys.Ed25519PrivateKey, *, version: str =
     )
 
 
-def add_tflite(path: Path, bias: list[float]) -> Path:
-    """A LiteRT flatbuffer computing y = x + bias on a [1, len(bias)] float tensor, built with the schema
-    classes that ship inside ai-edge-litert (no TensorFlow needed)."""
+def add_tflite(
+    path: Path,
+    bias: list[float],
+    *,
+    int8_scales: tuple[float, float] | None = None,
+    dynamic_batch: bool = False,
+) -> Path:
+    """A LiteRT flatbuffer computing y = x + bias on a [1, len(bias)] tensor, built with the schema
+    classes that ship inside ai-edge-litert (no TensorFlow needed).
+
+    ``int8_scales`` (input/bias scale, output scale) makes it full integer, as Coral models are: int8
+    tensors with zero points 0, the bias stored quantized. ``dynamic_batch`` marks x and y's first
+    dim dynamic (the bias broadcasts).
+    """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as tfl
 
-    def tensor(name: str, buffer: int) -> tfl.TensorT:
+    def tensor(name: str, buffer: int, scale: float | None) -> tfl.TensorT:
         t = tfl.TensorT()
-        t.name, t.shape, t.type, t.buffer = name.encode(), [1, len(bias)], tfl.TensorType.FLOAT32, buffer
+        t.name, t.shape, t.buffer = name.encode(), [1, len(bias)], buffer
+        if dynamic_batch and name != "bias":
+            t.shapeSignature = [-1, len(bias)]
+        t.type = tfl.TensorType.FLOAT32 if scale is None else tfl.TensorType.INT8
+        if scale is not None:
+            t.quantization = tfl.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [scale], [0]
         return t
 
+    in_scale, out_scale = int8_scales if int8_scales else (None, None)
+    values = np.asarray(bias, dtype="<f4")
+    if in_scale is not None:
+        values = np.round(values / in_scale).astype(np.int8)
     empty, constant = tfl.BufferT(), tfl.BufferT()
-    constant.data = list(np.asarray(bias, dtype="<f4").tobytes())
+    constant.data = list(values.tobytes())
     code = tfl.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = tfl.BuiltinOperator.ADD
     op = tfl.OperatorT()
     op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
     op.builtinOptionsType, op.builtinOptions = tfl.BuiltinOptions.AddOptions, tfl.AddOptionsT()
     graph = tfl.SubGraphT()
-    graph.tensors = [tensor("x", 0), tensor("bias", 1), tensor("y", 0)]
+    graph.tensors = [tensor("x", 0, in_scale), tensor("bias", 1, in_scale), tensor("y", 0, out_scale)]
     graph.inputs, graph.outputs, graph.operators = [0], [2], [op]
     model = tfl.ModelT()
     model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, [code], [graph], [empty, constant]
@@ -241,26 +262,38 @@ def add_tflite(path: Path, bias: list[float]) -> Path:
     return path
 
 
-def add_tflite_bundle(out_dir: Path, key: keys.Ed25519PrivateKey, *, version: str = "1") -> Path:
-    work = out_dir / f"src-litert-{version}"
+def add_tflite_bundle(
+    out_dir: Path,
+    key: keys.Ed25519PrivateKey,
+    *,
+    version: str = "1",
+    name: str = "adder",
+    int8_scales: tuple[float, float] | None = None,
+    datatype: str = "FP32",
+    bias: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0),
+) -> Path:
+    """A bundle of :func:`add_tflite`; ``datatype`` is what the manifest offers clients (``INT8``: the
+    full-integer model's raw tensors, ``FP32``: floats the agent quantizes)."""
+    work = out_dir / f"src-litert-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
-    bias = [1.0, 2.0, 3.0, 4.0]
-    model = add_tflite(work / "model.tflite", bias)
+    model = add_tflite(work / "model.tflite", list(bias), int8_scales=int8_scales)
     x = np.ones((1, 4), np.float32)
+    y = x + np.array(bias, np.float32)
+    if datatype == "INT8":
+        assert int8_scales is not None
+        x = np.round(x / int8_scales[0]).astype(np.int8)
+        y = np.round(y / int8_scales[1]).astype(np.int8)
     manifest = Manifest(
-        name="adder",
+        name=name,
         version=version,
         profile="coral",
         runtime="litert",
-        precision="fp32",
+        precision="fp32" if int8_scales is None else "int8",
         model_file="model.tflite",
         source=SourceInfo(format="tflite", sha256=hashlib.sha256(model.read_bytes()).hexdigest()),
-        inputs=[TensorSpec(name="x", datatype="FP32", shape=[1, 4])],
-        outputs=[TensorSpec(name="y", datatype="FP32", shape=[1, 4])],
-        smoke=Smoke(
-            inputs={"x": EncodedTensor.from_numpy(x)},
-            outputs={"y": EncodedTensor.from_numpy(x + np.array(bias, np.float32))},
-        ),
+        inputs=[TensorSpec(name="x", datatype=datatype, shape=[1, 4])],
+        outputs=[TensorSpec(name="y", datatype=datatype, shape=[1, 4])],
+        smoke=Smoke(inputs={"x": EncodedTensor.from_numpy(x)}, outputs={"y": EncodedTensor.from_numpy(y)}),
     )
     (out_dir / "bundles").mkdir(parents=True, exist_ok=True)
     return write_bundle(manifest, {"model.tflite": model}, key, out_dir / "bundles")

@@ -112,6 +112,40 @@ def small_cnn() -> nn.Module:
     ).eval()
 
 
+def train_small_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 6) -> nn.Module:
+    """A small CNN trained on 8x8 digits ``x`` [N, 1, 8, 8] and labels ``y``: mini-batch Adam on one
+    thread (about a second)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 10),
+    )  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: more threads only contend on a busy 2-core host
+    try:
+        for _ in range(epochs):
+            perm = torch.randperm(len(xt))
+            for i in range(0, len(xt), 64):
+                idx = perm[i : i + 64]
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def trained_small_digits_cnn() -> nn.Module:
+    """``package.module:factory`` target: :func:`train_small_digits_cnn` on the first 1400 digits."""
+    from tests.converter.exporter_graphs import digits
+
+    x, y = digits()
+    return train_small_digits_cnn(x[:1400], y[:1400])
+
+
 def digits_student() -> nn.Module:
     """A small MLP student for the digits CNN (``package.module:factory`` for distill tests)."""
     torch.manual_seed(0)
