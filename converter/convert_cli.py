@@ -92,6 +92,8 @@ def convert_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"--prune {args.prune}: give a share between 0 and 1")
     if args.speedup is not None and not 1 < args.speedup <= 100:
         raise ConfigError(f"--speedup {args.speedup:g}: give a factor above 1, such as 2")
+    if args.speedup is not None and (args.prune is not None or args.prune_structured):
+        raise ConfigError("give --speedup (pruning with recovery, in steps) or --prune, not both")
     if args.budget <= 0:
         raise ConfigError("--budget must be positive")
     if args.max_memory is not None and args.max_memory < memory.MIN_LIMIT_MB:

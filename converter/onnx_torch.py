@@ -643,6 +643,9 @@ RULES: dict[str, Rule] = {
     "CumSum": _cumsum,
 }
 
+#: ops whose outputs are made from attributes on the CPU: moved to the inputs' device (a GPU).
+_MADE_ON_CPU = frozenset({"Constant", "ConstantOfShape", "Size"})
+
 #: (op, input position) of float initializers that are settings, not weights: never trained.
 _FIXED_INPUTS: dict[str, Sequence[int]] = {
     "BatchNormalization": (3, 4),
@@ -718,6 +721,7 @@ class OnnxModule(nn.Module):
         missing = [n for n in self.input_names if n not in env]
         if missing:
             raise ValueError(f"missing graph inputs: {', '.join(missing)}")
+        device = next((t.device for t in env.values() if isinstance(t, Tensor)), None)
         for node in self.nodes:
             args = [self._lookup(env, name) for name in node.inputs]
             try:
@@ -726,6 +730,8 @@ class OnnxModule(nn.Module):
                 raise
             except Exception as exc:
                 raise RuntimeError(f"node {node.name} ({node.op}): {exc}") from exc
+            if node.op in _MADE_ON_CPU and device is not None:
+                results = [r.to(device) for r in results]
             for name, value in zip(node.outputs, results, strict=False):
                 if name:
                     env[name] = value

@@ -75,6 +75,10 @@ def _convert(
     profile = load_profile(request.profile)
     _refuse_unsupported(profile)
     passes = [resolve(name) for name in profile.passes]
+    if request.options.speedup is not None and "prune" not in profile.passes:
+        raise ConfigError(
+            f"--speedup prunes channels in the 'prune' pass, which profile {profile.name} does not list"
+        )
     key = signing_key(request.sign_key)
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         workdir = Path(tmp)

@@ -111,11 +111,15 @@ def _best(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_small_digits_cnn_is_pruned_and_recovered_at_the_bar(tmp_path: Path, key: Path) -> None:
-    """The demo's CNN at 16x16 (trains in seconds); at this size per-call overhead is much of the
-    latency, so the converter's measured gain is asserted loosely here and fully below and in bench/."""
+    """The demo's CNN at 16x16 (trains in seconds). At this size a call takes ~0.1 ms, much of it
+    ONNX Runtime's per-call overhead, so single steps measure within the host's noise: the speed
+    claim is asserted on the 32x32 model below (slow) and in bench/convert.py."""
     model, x, y = models.small_digits()
-    manifest = _digits_speedup(tmp_path, key, model, x, y, calibration=600, budget=60)
-    assert _best(manifest)["speedup"] >= 1.1
+    manifest = _digits_speedup(tmp_path, key, model, x, y, calibration=500, budget=45)
+    best = _best(manifest)
+    assert best["fidelity_after_pruning"] < best["fidelity"]  # distillation recovered what pruning took
+    (chosen,) = _decisions(manifest, "speedup")
+    assert all(p["latency_vs_source"] > 0 and p["epochs"] >= 1 for p in chosen["measured"]["curve"])
 
 
 @pytest.mark.slow
@@ -143,7 +147,7 @@ def test_detector_keeps_boxes_within_the_bar(tmp_path: Path, key: Path) -> None:
         "--calibration",
         tmp_path / "unlabeled.npz",
         "--budget",
-        "60",
+        "40",
         "--sign-key",
         key,
     )
@@ -156,3 +160,5 @@ def test_detector_keeps_boxes_within_the_bar(tmp_path: Path, key: Path) -> None:
     assert curve and all(p["fidelity"] <= 1.0 for p in curve)
     assert any(p["meets_bar"] and p["channels_kept"] < p["channels_total"] for p in curve), curve
     assert "held out from distillation" in chosen["measured"]["held_out"]
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "latency against fidelity, step by step" in report
