@@ -170,7 +170,7 @@ def _split(ctx: PassContext) -> tuple[Dataset, Dataset | None]:
     """Training data and the held-out data fidelity is measured on (never trained on)."""
     cal = ctx.calibration
     assert cal is not None
-    if ctx.evaluation is not None:
+    if ctx.evaluation is not None and not _shares(ctx.evaluation, cal):
         return cal, ctx.evaluation
     n = len(cal)
     held_n = max(MIN_HELD_OUT, round(n * HELD_OUT_SHARE))
@@ -203,6 +203,11 @@ def _split(ctx: PassContext) -> tuple[Dataset, Dataset | None]:
         "no --eval data: fidelity is measured on samples distillation never trained on",
     )
     return part(train_idx, "used to distill"), held
+
+
+def _shares(a: Dataset, b: Dataset) -> bool:
+    """Is ``a`` a cut of ``b`` (the budget's first-n cut of the calibration data when no --eval)?"""
+    return any(np.shares_memory(a.inputs[k], b.inputs[k]) for k in a.inputs if k in b.inputs)
 
 
 def _teacher(source: Path, threads: int) -> kd.Teacher:
