@@ -36,6 +36,7 @@ from converter import kd, onnx_torch, progress, pruning
 from converter.calibration import Dataset
 from converter.candidates import SOURCE, Candidate, Judge, race
 from converter.context import PassContext
+from converter.errors import first_line
 from converter.measure import batch_size_for
 from converter.model import ModelArtifact
 from converter.runtime import make_session, run
@@ -132,7 +133,13 @@ def run_speedup(model: ModelArtifact, ctx: PassContext, target: float) -> ModelA
     teacher = _teacher(ctx.source_onnx, ctx.threads)
     deadline = ctx.started + ctx.options.budget_seconds * TIME_SHARE
     loop = _Loop(ctx, judge, teacher, train, target, deadline)
-    points = loop.run(proto)
+    try:
+        loop.run(proto)
+    except (onnx_torch.UnsupportedOps, RuntimeError, ValueError) as exc:
+        # an op form the interpretation has no rule for, found while running: the steps so far stand.
+        loop.stopped = f"stopped: the torch interpretation failed ({first_line(exc)})"
+        log.warning("--speedup %s", loop.stopped)
+    points = loop.points
     ctx.findings.speedup_curve = [p.row() for p in points]
     best = max((p for p in points if p.meets), key=lambda p: p.speedup, default=None)
     summary = {"target": target, "curve": [p.row() for p in points], "held_out": held.origin}
@@ -237,16 +244,17 @@ class _Loop:
         self.ctx, self.judge, self.teacher, self.train = ctx, judge, teacher, train
         self.target, self.deadline = target, deadline
         self.stopped = ""
+        self.points: list[Point] = []
         session = make_session(ctx.source_onnx, ctx.threads)  # type: ignore[arg-type]
         self.batch = 32 if batch_size_for(session) > 1 else 1
 
     def seconds_left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, proto: Any) -> list[Point]:
-        """Prune, recover, measure, step after step; a step that misses the bar is tried again
-        from the last good model with half the share, down to :data:`MIN_FRACTION`."""
-        points: list[Point] = []
+    def run(self, proto: Any) -> None:
+        """Prune, recover, measure, step after step (into :attr:`points`); a step that misses the
+        bar is tried again from the last good model with half the share, down to :data:`MIN_FRACTION`."""
+        points = self.points
         total = _prunable_channels(proto)
         current, fraction = proto, STEP_FRACTION
         for step in range(1, MAX_STEPS + 1):
@@ -304,7 +312,6 @@ class _Loop:
             current = pruned
         else:
             self.stopped = f"stopped after {MAX_STEPS} steps"
-        return points
 
     def _step(self, step: int, pruned: Any, total: int, started: float, done: list[Point]) -> Point:
         import onnx

@@ -162,3 +162,50 @@ def test_detector_keeps_boxes_within_the_bar(tmp_path: Path, key: Path) -> None:
     assert "held out from distillation" in chosen["measured"]["held_out"]
     report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "latency against fidelity, step by step" in report
+
+
+def test_ops_the_interpretation_cannot_run_are_named_and_the_step_skipped(tmp_path: Path, key: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 16, 1, 1)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["c2"]),
+            helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("Hardmax", ["f"], ["scores"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "cal.npz", x=rng.random((64, 3, 8, 8)).astype(np.float32))
+    result = edge_convert(
+        tmp_path / "m.onnx",
+        "--profile",
+        _profile(tmp_path),
+        "--speedup",
+        "2",
+        "--calibration",
+        tmp_path / "cal.npz",
+        "--output",
+        tmp_path / "out",
+        "--sign-key",
+        key,
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--speedup skipped: ops the torch interpretation cannot run: Hardmax" in result.stderr
+    manifest = json.loads(result.stdout)["manifest"]
+    (skipped,) = _decisions(manifest, "speedup")
+    assert skipped["choice"] == "skipped" and skipped["measured"]["unsupported_ops"] == ["Hardmax"]
+    assert manifest["precision"] == "int8"  # the normal conversion still ran
