@@ -7,7 +7,8 @@
 * structured: whole output channels of a Conv (or Gemm/MatMul) with the smallest L1 norm are
   removed, with the matching input channels of the one node that consumes them (through
   channel-wise ops: activations, pooling, and the ``x * f(x)`` forms exporters write hard-swish
-  and SiLU in), so weights really shrink and the graph stays valid.
+  and SiLU in; a Conv read by a dense layer through ``Flatten`` loses the matching block of that
+  layer's inputs), so weights really shrink and the graph stays valid.
 """
 
 from __future__ import annotations
