@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from converter import kd, onnx_torch, progress, pruning
+from converter import kd, memory, onnx_torch, progress, pruning
 from converter.calibration import Dataset
 from converter.candidates import SOURCE, Candidate, Judge, race
 from converter.context import PassContext
@@ -55,6 +55,9 @@ PLATEAU_STEPS = 2
 CHANNEL_MULTIPLE = 8
 #: at most this many steps (0.8^8: about a sixth of the channels left).
 MAX_STEPS = 8
+#: samples per training batch, fewer when their activations would not fit TRAIN_MEMORY_SHARE of the room.
+BATCH = 32
+TRAIN_MEMORY_SHARE = 0.05
 #: distillation epochs a step plans (fewer when its time share is short).
 EPOCHS = 12
 #: share of the search's time the speedup may take; the int8 search and validation need the rest.
@@ -246,7 +249,11 @@ class _Loop:
         self.stopped = ""
         self.points: list[Point] = []
         session = make_session(ctx.source_onnx, ctx.threads)  # type: ignore[arg-type]
-        self.batch = 32 if batch_size_for(session) > 1 else 1
+        # training keeps every intermediate and its gradient, where a session reuses its buffers:
+        # the batch's share of the memory room is a fraction of what inference batches get.
+        self.batch = (
+            memory.active().batch_within(BATCH, TRAIN_MEMORY_SHARE) if batch_size_for(session) > 1 else 1
+        )
 
     def seconds_left(self) -> float:
         return self.deadline - time.monotonic()
