@@ -222,6 +222,31 @@ def structured(model: Any, amount: float, multiple: int = 1) -> PruneStats:
     return PruneStats(total, removed, removed)
 
 
+def untie(model: Any) -> int:
+    """Give every node its own copy of each float weight it shares with other nodes; returns how
+    many copies were made. Graph cleanup merges initializers of equal value (the layers of a
+    model built by cloning one layer start equal), which ties them and stops structured pruning;
+    once the copies are trained apart (``--speedup``) they are different weights anyway."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: dict[str, int] = {}
+    copies = 0
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            init = inits.get(name)
+            if init is None or init.data_type not in (1, 10, 11, 16) or len(init.dims) == 0:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1:
+                continue
+            copy = f"{name}__untied{seen[name] - 1}"
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(init), copy))
+            node.input[pos] = copy
+            copies += 1
+    return copies
+
+
 def _kept(channels: int, amount: float, multiple: int) -> int:
     keep_n = max(1, round(channels * (1 - amount)))
     if multiple > 1 and channels >= 2 * multiple:

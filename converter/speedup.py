@@ -129,6 +129,13 @@ def run_speedup(model: ModelArtifact, ctx: PassContext, target: float) -> ModelA
         )
         log.warning("--speedup skipped: ops the torch interpretation cannot run: %s", ", ".join(missing))
         return model
+    untied = pruning.untie(proto)
+    if untied:
+        ctx.record(
+            "speedup-data",
+            f"untied {untied} shared weights",
+            "layers that share an initializer (cleanup merges equal ones) get their own copy to prune and train",
+        )
     train, held = _split(ctx)
     if held is None:
         return model

@@ -152,3 +152,19 @@ def test_conv_channels_are_pruned_through_flatten_into_a_dense_layer() -> None:
     rows = (keep[:, None] * 36 + np.arange(36)).reshape(-1)
     np.testing.assert_array_equal(gemm, weights["dense"][rows])
     assert _run(model, {"x": x}).shape == (2, 5)
+
+
+def test_shared_weights_are_untied_so_they_can_be_pruned() -> None:
+    rng = np.random.default_rng(0)
+    (a, wa), (b, wb) = _conv("a", 8, 16, rng), _conv("b", 16, 8, rng)
+    (c, _), (d, _) = _conv("c", 8, 16, rng), _conv("d", 16, 8, rng)
+    a.input[0], b.input[0] = "x", "ra"
+    c.input[:2], d.input[:2] = ["b", "a.w"], ["rc", "b.w"]  # c and d reuse a's and b's weights
+    nodes = [a, helper.make_node("Relu", ["a"], ["ra"]), b, c, helper.make_node("Relu", ["c"], ["rc"]), d]
+    model = _graph(nodes, [wa, wb], "d")
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    before = _run(model, {"x": x})
+    assert pruning.structured(model, 0.0).weights == 0  # tied: nothing may be pruned
+    assert pruning.untie(model) == 2
+    np.testing.assert_allclose(_run(model, {"x": x}), before, rtol=1e-5)
+    assert pruning.structured(model, 0.0).weights == 16 + 8 + 16  # a, b and c feed one Conv each
