@@ -715,7 +715,20 @@ class OnnxModule(nn.Module):
         kind, i = self._slots[name]
         return self.weights[i] if kind == "param" else getattr(self, f"const_{i}")
 
+    def activation_bytes(self, *inputs: Tensor, **named: Tensor) -> int:
+        """Bytes of every tensor one call computes: what training holds for the backward pass
+        (gradients take about as much again)."""
+        sizes: list[int] = []
+        with torch.no_grad():
+            self._run(inputs, named, sizes)
+        return sum(sizes)
+
     def forward(self, *inputs: Tensor, **named: Tensor) -> tuple[Tensor, ...]:
+        return self._run(inputs, named, None)
+
+    def _run(
+        self, inputs: Sequence[Tensor], named: dict[str, Tensor], sizes: list[int] | None
+    ) -> tuple[Tensor, ...]:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=False))
         env.update(named)
         missing = [n for n in self.input_names if n not in env]
@@ -735,6 +748,8 @@ class OnnxModule(nn.Module):
             for name, value in zip(node.outputs, results, strict=False):
                 if name:
                     env[name] = value
+                    if sizes is not None and isinstance(value, Tensor):
+                        sizes.append(value.numel() * value.element_size())
         return tuple(env[name] if name in env else self._value(name) for name in self.output_names)
 
     def _lookup(self, env: dict[str, Any], name: str) -> Any:

@@ -55,9 +55,10 @@ PLATEAU_STEPS = 2
 CHANNEL_MULTIPLE = 8
 #: at most this many steps (0.8^8: about a sixth of the channels left).
 MAX_STEPS = 8
-#: samples per training batch, fewer when their activations would not fit TRAIN_MEMORY_SHARE of the room.
+#: samples per training batch, fewer when their activations and gradients would not fit
+#: TRAIN_MEMORY_SHARE of the memory room left (the sessions and data already hold the rest).
 BATCH = 32
-TRAIN_MEMORY_SHARE = 0.05
+TRAIN_MEMORY_SHARE = 0.5
 #: distillation epochs a step plans (fewer when its time share is short).
 EPOCHS = 12
 #: share of the search's time the speedup may take; the int8 search and validation need the rest.
@@ -256,11 +257,7 @@ class _Loop:
         self.stopped = ""
         self.points: list[Point] = []
         session = make_session(ctx.source_onnx, ctx.threads)  # type: ignore[arg-type]
-        # training keeps every intermediate and its gradient, where a session reuses its buffers:
-        # the batch's share of the memory room is a fraction of what inference batches get.
-        self.batch = (
-            memory.active().batch_within(BATCH, TRAIN_MEMORY_SHARE) if batch_size_for(session) > 1 else 1
-        )
+        self.dynamic_batch = batch_size_for(session) > 1
 
     def seconds_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -334,6 +331,7 @@ class _Loop:
         before = self._fidelity(pruned, step, "pruned")
         progress.candidate(f"step {step}: {kept}/{total} channels, fidelity {before:.3f} before recovery")
         module = onnx_torch.to_torch(pruned)
+        batch = self._batch(module)
         # the step's share: what is left, split over the steps the target may still need.
         share = self.seconds_left() / max(1, min(3, MAX_STEPS - len(done)))
         report = progress.reporter(f"step {step} distill epoch")
@@ -343,7 +341,7 @@ class _Loop:
             self.train.labels,
             self.teacher,
             self.judge.classifier,
-            kd.TrainConfig(epochs=EPOCHS, batch_size=self.batch, seed=self.ctx.options.seed + step),
+            kd.TrainConfig(epochs=EPOCHS, batch_size=batch, seed=self.ctx.options.seed + step),
             deadline=time.monotonic() + share,
             epoch_done=lambda e, n, _loss: report(e, n),
         )
@@ -374,6 +372,18 @@ class _Loop:
             time.monotonic() - started,
             "" if meets else cand.reason,
         )
+
+    def _batch(self, module: onnx_torch.OnnxModule) -> int:
+        """Samples per training batch: up to :data:`BATCH`, as many as fit TRAIN_MEMORY_SHARE of the
+        memory room (training holds every intermediate tensor and its gradient)."""
+        if not self.dynamic_batch:
+            return 1
+        import torch
+
+        one = {k: torch.from_numpy(v[:1]) for k, v in self.train.inputs.items()}
+        per_sample = 2 * module.activation_bytes(**one)
+        fit = memory.active().share(TRAIN_MEMORY_SHARE) // max(per_sample, 1)
+        return max(1, min(BATCH, fit))
 
     def _fidelity(self, proto: Any, step: int, tag: str) -> float:
         import onnx
