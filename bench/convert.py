@@ -1,7 +1,8 @@
 """Side-by-side: source fp32 vs plain ONNX Runtime dynamic int8 vs plain static QDQ vs edge-convert.
 
 Run: ``flock /tmp/edgefleet-bench.lock .venv/bin/python bench/convert.py [--models a,b] [--minilm]
-[--budget SECONDS]``. Every model is built (and the CNN trained) here, the look-alikes of the field
+[--budget SECONDS] [--speedup X]``; ``--speedup`` adds a row converted with ``edge-convert --speedup X``
+beside the int8-only one. Every model is built (and the CNN trained) here, the look-alikes of the field
 models of issue 12 by :mod:`tests.converter.lookalikes`. Each conversion (ORT's two and
 ``edge-convert``) runs in a child process, so its wall time and peak resident memory (the child's
 own VmHWM, see tests/support/peak_rss.py) are its own. All latencies of one model are measured in the same interleaved run
@@ -153,16 +154,12 @@ def _child(argv: list[str], peak_file: Path) -> Child:
     return Child(seconds, int(peak_file.read_text()) / 2**20, done.stdout.decode())
 
 
-def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
-    session = make_session(case.onnx, 2)
-    ev = load_npz(case.evaluation, input_specs(session), "eval")
-    variants: dict[str, tuple[Path, dict[str, str], Child | None]] = {"source fp32": (case.onnx, {}, None)}
-    dyn = _child(["-c", _ORT_DYNAMIC, str(case.onnx), str(d / "dyn.onnx")], d / "dyn.peak")
-    variants["ORT dynamic int8"] = (d / "dyn.onnx", {}, dyn)
-    qdq = _child(
-        ["-c", _ORT_STATIC, str(case.onnx), str(d / "qdq.onnx"), str(case.calibration)], d / "qdq.peak"
-    )
-    variants["ORT static QDQ"] = (d / "qdq.onnx", {}, qdq)
+def _edgefleet(
+    case: Case, d: Path, key: Path, budget: float, extra: list[str]
+) -> tuple[Path, dict[str, str], Child, dict[str, object]]:
+    """edge-convert on the case (x86-server) in a child: the shipped model, its session config,
+    the child's time and memory, and the manifest."""
+    d.mkdir(parents=True, exist_ok=True)
     ours = _child(
         [
             "-m",
@@ -181,17 +178,35 @@ def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
             "--budget",
             str(budget),
             "--json",
+            *extra,
         ],
         d / "edgefleet.peak",
     )
     body = json.loads(ours.stdout)
-    extract_bundle(Path(body["bundle"]), d / "edgefleet")
+    extract_bundle(Path(body["bundle"]), d / "bundle")
     manifest = body["manifest"]
-    variants["edgefleet"] = (
-        d / "edgefleet" / "model.onnx",
-        manifest["runtime_options"].get("session_config") or {},
-        ours,
+    config = manifest["runtime_options"].get("session_config") or {}
+    return d / "bundle" / "model.onnx", config, ours, manifest
+
+
+def bench(case: Case, d: Path, key: Path, budget: float, speedup: float | None = None) -> list[list[str]]:
+    session = make_session(case.onnx, 2)
+    ev = load_npz(case.evaluation, input_specs(session), "eval")
+    variants: dict[str, tuple[Path, dict[str, str], Child | None]] = {"source fp32": (case.onnx, {}, None)}
+    dyn = _child(["-c", _ORT_DYNAMIC, str(case.onnx), str(d / "dyn.onnx")], d / "dyn.peak")
+    variants["ORT dynamic int8"] = (d / "dyn.onnx", {}, dyn)
+    qdq = _child(
+        ["-c", _ORT_STATIC, str(case.onnx), str(d / "qdq.onnx"), str(case.calibration)], d / "qdq.peak"
     )
+    variants["ORT static QDQ"] = (d / "qdq.onnx", {}, qdq)
+    manifest: dict[str, dict[str, object]] = {}
+    for label, extra in [
+        ("edgefleet", []),
+        *([(f"edgefleet --speedup {speedup:g}", ["--speedup", str(speedup)])] if speedup else []),
+    ]:
+        path, config, child, made = _edgefleet(case, d / label.replace(" ", "_"), key, budget, extra)
+        variants[label] = (path, config, child)
+        manifest[label] = made
     sessions = {k: make_session(path, 2, cfg) for k, (path, cfg, _) in variants.items()}
     sessions[AGAIN] = make_session(case.onnx, 2)  # the A/A pair: the run's own noise
     reference = outputs_over(sessions["source fp32"], ev)
@@ -207,7 +222,7 @@ def bench(case: Case, d: Path, key: Path, budget: float) -> list[list[str]]:
         rows.append(
             [
                 case.name,
-                k + (f" [{manifest['precision']}]" if k == "edgefleet" else ""),
+                k + (f" [{manifest[k]['precision']}]" if k in manifest else ""),
                 f"{path.stat().st_size / 1e6:.2f}",
                 f"{path.stat().st_size / source_bytes:.2f}x",
                 f"{latency.median(k):.4f}",
@@ -302,6 +317,11 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=float, default=60.0, help="edge-convert --budget (seconds)")
     parser.add_argument("--litert", action="store_true", help="add the LiteRT (coral) path (tflite extra)")
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        help="also convert with edge-convert --speedup X (pruning + distillation, then int8): one more row",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     names = args.models.split(",") if args.models else [n for n in CASES if n != "minilm"]
@@ -326,7 +346,7 @@ def main() -> None:
         for name in names:
             d = Path(tmp) / name
             d.mkdir()
-            rows += bench(CASES[name](d), d, key, args.budget)
+            rows += bench(CASES[name](d), d, key, args.budget, args.speedup)
         if args.litert:
             (Path(tmp) / "litert").mkdir()
             rows += bench_litert(Path(tmp) / "litert", key, args.budget)

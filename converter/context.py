@@ -35,6 +35,10 @@ class Options:
     calibration_path: Path | None = None
     #: the cap on the conversion's resident memory (None: from the memory available, see converter.memory).
     max_memory_mb: float | None = None
+    #: --speedup X: prune channels and distill until the host latency is 1/X of the source's.
+    speedup: float | None = None
+    #: seeds training (distillation) and its augmentation, so a conversion can be repeated.
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Findings:
     metrics: Metrics | None = None
     #: bytes of the user's model as given (ONNX with external data, or the exported fp32 ONNX).
     source_size: int = 0
+    #: --speedup: one row per pruning step (channels kept, latency vs source, fidelity before/after).
+    speedup_curve: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +80,9 @@ class PassContext:
     evaluation: Dataset | None = None
     #: the fp32 ONNX model as exported/loaded, before any pass changed it: the latency baseline.
     source_onnx: Path | None = None
+    #: what the quantization search judges candidates against when it is not the model it starts
+    #: from: the source, once --speedup trained a pruned model to follow it.
+    reference_onnx: Path | None = None
     #: input specs of the fp32 ONNX model once it exists (after export).
     inputs: list[InputSpec] = field(default_factory=list)
     #: example inputs a torch.export program carries (used to export it when no data is given).

@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         help=f"cap on the conversion's resident memory (default: the smaller of {memory.DEFAULT_LIMIT_MB} MB"
         " and half the memory available); steps that would pass it are cut short and reported",
     )
+    p.add_argument(
+        "--speedup",
+        type=float,
+        metavar="X",
+        help="prune whole channels in steps, recovering fidelity by distillation from the source on the"
+        " --calibration inputs, until the host latency is 1/X of the source's (or the best point that"
+        " keeps the profile's fidelity bar); then quantize as usual",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --speedup's training (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -81,6 +90,10 @@ def convert_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if args.prune is not None and not 0 <= args.prune < 1:
         raise ConfigError(f"--prune {args.prune}: give a share between 0 and 1")
+    if args.speedup is not None and not 1 < args.speedup <= 100:
+        raise ConfigError(f"--speedup {args.speedup:g}: give a factor above 1, such as 2")
+    if args.speedup is not None and (args.prune is not None or args.prune_structured):
+        raise ConfigError("give --speedup (pruning with recovery, in steps) or --prune, not both")
     if args.budget <= 0:
         raise ConfigError("--budget must be positive")
     if args.max_memory is not None and args.max_memory < memory.MIN_LIMIT_MB:
@@ -93,6 +106,8 @@ def convert_main(argv: Sequence[str]) -> int:
         budget_seconds=args.budget,
         calibration_path=args.calibration,
         max_memory_mb=args.max_memory,
+        speedup=args.speedup,
+        seed=args.seed,
     )
     request = ConvertRequest(
         model=args.model,

@@ -74,6 +74,10 @@ def _convert(
     request: ConvertRequest, limit: memory.MemoryLimit, budget: budgeting.TimeBudget
 ) -> ConvertResult:
     profile = load_profile(request.profile)
+    if request.options.speedup is not None and "prune" not in profile.passes:
+        raise ConfigError(
+            f"--speedup prunes channels in the 'prune' pass, which profile {profile.name} does not list"
+        )
     key = signing_key(request.sign_key)
     if profile.runtime == "litert":
         from converter.litert_pipeline import convert_litert

@@ -7,7 +7,8 @@
 * structured: whole output channels of a Conv (or Gemm/MatMul) with the smallest L1 norm are
   removed, with the matching input channels of the one node that consumes them (through
   channel-wise ops: activations, pooling, and the ``x * f(x)`` forms exporters write hard-swish
-  and SiLU in), so weights really shrink and the graph stays valid.
+  and SiLU in; a Conv read by a dense layer through ``Flatten`` loses the matching block of that
+  layer's inputs), so weights really shrink and the graph stays valid.
 """
 
 from __future__ import annotations
@@ -146,8 +147,14 @@ def semi_structured_2_4(model: Any) -> PruneStats:
     return PruneStats(total, zeros)
 
 
-def structured(model: Any, amount: float) -> PruneStats:
-    """Remove output channels of producer nodes whose only consumer (via activations) is weighted."""
+def structured(model: Any, amount: float, multiple: int = 1) -> PruneStats:
+    """Remove output channels of producer nodes whose only consumer (via activations) is weighted.
+
+    A Conv whose channels reach a Gemm/MatMul through ``Flatten`` is pruned too: each channel is a
+    block of the flattened features. With ``multiple`` > 1, a layer keeps a multiple of that many
+    channels (CPU convolution kernels work on blocks of 8 or 16 channels: 51 channels can run
+    slower than 64), unless it has fewer than ``2 * multiple``.
+    """
     graph = model.graph
     arrays = _arrays(graph)
     consumers: dict[str, list[Any]] = {}
@@ -170,6 +177,12 @@ def structured(model: Any, amount: float) -> PruneStats:
         if found is None:
             continue
         tensor, nxt = found
+        flattened = node.op_type == "Conv" and nxt.op_type == "Flatten" and nxt.input[0] == tensor
+        if flattened:
+            nxt = _flatten_consumer(nxt, consumers, outputs)
+            if nxt is None:
+                continue
+            tensor = nxt.input[0]
         if (
             nxt.op_type not in WEIGHTED
             or nxt.input[0] != tensor
@@ -183,20 +196,22 @@ def structured(model: Any, amount: float) -> PruneStats:
             continue  # a weight that feeds other nodes too (tied weights) would break them
         if nxt.op_type == "Conv" and (_attr(nxt, "group", 1) != 1 or node.op_type != "Conv"):
             continue
-        if node.op_type == "Conv" and nxt.op_type != "Conv":
+        if node.op_type == "Conv" and nxt.op_type != "Conv" and not flattened:
             continue
         w, w_next = arrays[node.input[1]], arrays[nxt.input[1]]
         out_axis, in_axis = _out_axis(node), _in_axis(nxt)
         channels = w.shape[out_axis]
-        if w_next.shape[in_axis] != channels:
+        if w_next.shape[in_axis] != channels and not (flattened and w_next.shape[in_axis] % channels == 0):
             continue
-        keep_n = max(1, round(channels * (1 - amount)))
+        block = w_next.shape[in_axis] // channels
+        keep_n = _kept(channels, amount, multiple)
         norms = np.abs(np.moveaxis(w, out_axis, 0)).reshape(channels, -1).sum(axis=1)
         keep = np.sort(np.argsort(-norms)[:keep_n])
-        _replace_shape(graph, node.input[1], np.take(w, keep, axis=out_axis))
-        _replace_shape(graph, nxt.input[1], np.take(w_next, keep, axis=in_axis))
+        rows = (keep[:, None] * block + np.arange(block)[None, :]).reshape(-1)
         arrays[node.input[1]] = np.take(w, keep, axis=out_axis)
-        arrays[nxt.input[1]] = np.take(w_next, keep, axis=in_axis)
+        arrays[nxt.input[1]] = np.take(w_next, rows, axis=in_axis)
+        _replace_shape(graph, node.input[1], arrays[node.input[1]])
+        _replace_shape(graph, nxt.input[1], arrays[nxt.input[1]])
         if bias:
             b = arrays[bias[0]]
             arrays[bias[0]] = np.take(b, keep, axis=-1)
@@ -205,6 +220,48 @@ def structured(model: Any, amount: float) -> PruneStats:
         total += channels
     del graph.value_info[:]  # shapes changed: let shape inference redo them
     return PruneStats(total, removed, removed)
+
+
+def untie(model: Any) -> int:
+    """Give every node its own copy of each float weight it shares with other nodes; returns how
+    many copies were made. Graph cleanup merges initializers of equal value (the layers of a
+    model built by cloning one layer start equal), which ties them and stops structured pruning;
+    once the copies are trained apart (``--speedup``) they are different weights anyway."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: dict[str, int] = {}
+    copies = 0
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            init = inits.get(name)
+            if init is None or init.data_type not in (1, 10, 11, 16) or len(init.dims) == 0:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1:
+                continue
+            copy = f"{name}__untied{seen[name] - 1}"
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(init), copy))
+            node.input[pos] = copy
+            copies += 1
+    return copies
+
+
+def _kept(channels: int, amount: float, multiple: int) -> int:
+    keep_n = max(1, round(channels * (1 - amount)))
+    if multiple > 1 and channels >= 2 * multiple:
+        keep_n = min(channels, max(multiple, round(keep_n / multiple) * multiple))
+    return keep_n
+
+
+def _flatten_consumer(flatten: Any, consumers: dict[str, list[Any]], outputs: set[str]) -> Any:
+    """The one Gemm/MatMul that reads ``Flatten(axis=1)``'s output, else None."""
+    if _attr(flatten, "axis", 1) != 1 or flatten.output[0] in outputs:
+        return None
+    users = consumers.get(flatten.output[0], [])
+    if len(users) != 1 or users[0].op_type not in ("Gemm", "MatMul"):
+        return None
+    return users[0]
 
 
 def _channelwise_region_end(

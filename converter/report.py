@@ -119,6 +119,10 @@ def render(manifest: Manifest, findings: Findings) -> str:
         )
     if manifest.litert is not None:
         out.append(_edgetpu_section(manifest))
+    if findings.speedup_curve:
+        out.append("<h2>--speedup: latency against fidelity, step by step</h2>")
+        keys = list(findings.speedup_curve[0])
+        out.append(_table(keys, [[_fmt(row.get(k)) for k in keys] for row in findings.speedup_curve]))
     if findings.candidates:
         out.append("<h2>Candidates</h2>")
         crow = []

@@ -79,7 +79,7 @@ class Search:
     def __init__(self, ctx: PassContext, base: Path, source: Path, gate_latency: bool = True) -> None:
         assert ctx.calibration is not None
         self.ctx, self.base, self.source, self.gate_latency = ctx, base, source, gate_latency
-        self.judge = Judge.for_context(ctx, base)
+        self.judge = Judge.for_context(ctx, ctx.reference_onnx or base)
         self.data = self.judge.data
         self.candidates: list[Candidate] = []
         self.rankings: dict[str, sens.Sensitivity] = {}

@@ -63,7 +63,7 @@ def convert(src: Path, out: Path, keep_io: bool, block_ops: tuple[str, ...] = ()
 def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact:
     if model.onnx_path is None or ctx.calibration is None:
         raise ConversionError("fp16 needs an ONNX model and evaluation data")
-    judge = Judge.for_context(ctx, model.onnx_path)
+    judge = Judge.for_context(ctx, ctx.reference_onnx or model.onnx_path)
     attempts = [("fp16", ()), ("fp16-fragile-ops-fp32", config.fallback_block_ops)]
     for name, block in attempts:
         out = convert(model.onnx_path, ctx.path(f"{name}.onnx"), config.keep_io_fp32, block)

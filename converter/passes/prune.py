@@ -1,6 +1,7 @@
 """Pruning pass: the method and amount come from ``--prune``/``--prune-structured`` or the profile.
 
-Runs on the ONNX graph (see :mod:`converter.pruning`). With labelled data, an amount whose accuracy
+Runs on the ONNX graph (see :mod:`converter.pruning`). With ``--speedup X`` the pass is the
+step-by-step pruning with recovery by distillation of :mod:`converter.speedup` instead. With labelled data, an amount whose accuracy
 drop exceeds ``--max-accuracy-drop`` is halved until it fits (there is no fine-tuning here), else
 pruning is dropped; every try is recorded. The quantization search then measures against the
 pruned model, and the final validation against the unpruned source.
@@ -18,6 +19,7 @@ from converter.context import PassContext
 from converter.measure import accuracy, outputs_over
 from converter.model import ModelArtifact
 from converter.runtime import make_session
+from converter.speedup import run_speedup
 from sdk.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ def configure(ctx: PassContext) -> Config:
 
 
 def run(model: ModelArtifact, ctx: PassContext, config: Config) -> ModelArtifact:
+    if ctx.options.speedup is not None:
+        if model.onnx_path is None:
+            raise ConversionError(
+                "--speedup runs on the ONNX graph: put 'export' before 'prune' in the profile"
+            )
+        return run_speedup(model, ctx, ctx.options.speedup)
     if config.amount <= 0 or config.method == "none":
         ctx.record("prune", "none", "no pruning asked (--prune AMOUNT) and the profile's default amount is 0")
         return model

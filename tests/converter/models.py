@@ -150,3 +150,101 @@ def digits_student() -> nn.Module:
     """A small MLP student for the digits CNN (``package.module:factory`` for distill tests)."""
     torch.manual_seed(0)
     return nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+class _ConvSiLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class _C2f(nn.Module):
+    """YOLOv8's block: a 1x1 conv split in two, bottlenecks (3x3, 3x3, residual add) on one half,
+    every intermediate concatenated, then a 1x1 conv."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1) -> None:
+        super().__init__()
+        self.half = cout // 2
+        self.cv1 = _ConvSiLU(cin, 2 * self.half)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(_ConvSiLU(self.half, self.half, 3), _ConvSiLU(self.half, self.half, 3))
+            for _ in range(n)
+        )
+        self.cv2 = _ConvSiLU((2 + n) * self.half, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = list(self.cv1(x).split(self.half, dim=1))
+        for block in self.blocks:
+            parts.append(parts[-1] + block(parts[-1]))
+        return self.cv2(torch.cat(parts, dim=1))
+
+
+class TinyDetector(nn.Module):
+    """A YOLO-style detector: Conv-BN-SiLU, C2f blocks (split, residual adds, concat), a nearest
+    upsampling neck and two heads concatenated into ``[N, 4 + classes, anchors]``."""
+
+    def __init__(self, classes: int = 8, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(_ConvSiLU(3, w // 2, 3, 2), _ConvSiLU(w // 2, w, 3, 2), _C2f(w, w))
+        self.p4 = nn.Sequential(_ConvSiLU(w, 2 * w, 3, 2), _C2f(2 * w, 2 * w))
+        self.p5 = nn.Sequential(_ConvSiLU(2 * w, 4 * w, 3, 2), _C2f(4 * w, 4 * w))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.neck = _C2f(6 * w, 2 * w)
+        self.head4 = nn.Sequential(_ConvSiLU(2 * w, 2 * w, 3), nn.Conv2d(2 * w, 4 + classes, 1))
+        self.head5 = nn.Sequential(_ConvSiLU(4 * w, 2 * w, 3), nn.Conv2d(2 * w, 4 + classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p4 = self.p4(self.stem(x))
+        p5 = self.p5(p4)
+        n4 = self.neck(torch.cat([self.up(p5), p4], dim=1))
+        outs = [self.head4(n4).flatten(2), self.head5(p5).flatten(2)]
+        return torch.cat(outs, dim=2)
+
+
+def tiny_detector(seed: int = 0, width: int = 32) -> nn.Module:
+    """A seeded detector whose BatchNorm statistics are set from a pass over image-like data, so its
+    activations are in range like a trained model's (no weights are downloaded)."""
+    torch.manual_seed(seed)
+    model = TinyDetector(width=width)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(detector_images(16, 64, seed=seed + 7))
+    return model.eval()
+
+
+def detector_images(n: int, size: int = 64, seed: int = 1) -> torch.Tensor:
+    """Image-like inputs in [0, 1]: smooth blobs on noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((n, 3, size // 8, size // 8))
+    fine = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
+    return torch.from_numpy(np.clip(fine + rng.normal(0, 0.05, fine.shape), 0, 1).astype(np.float32))
+
+
+class SmallDigitsCNN(DigitsCNN):
+    """The demo's digits CNN at 16x16 input (same layers, a quarter of the pixels): trains in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head[1] = nn.Linear(64 * 4 * 4, 128)
+
+
+def small_digits(epochs: int = 4, seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """The trained 16x16 digits CNN (eval mode) and all digits at 16x16; ``x[:1400]`` trained it."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(seed)
+    d = load_digits()
+    x = np.kron((d.images / 16.0).astype(np.float32)[:, None], np.ones((1, 1, 2, 2), np.float32))
+    y = d.target.astype(np.int64)
+    model = SmallDigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    xt, yt = torch.from_numpy(x[:1400]), torch.from_numpy(y[:1400])
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval(), x, y

@@ -124,3 +124,47 @@ def test_silu_written_as_x_times_sigmoid_is_walked_through() -> None:
     assert pruning.structured(model, 0.5).removed_channels == 4
     assert [w.shape for w in _weights_of(model, "Conv")] == [(4, 8, 3, 3), (4, 4, 3, 3)]
     assert _run(model, {"x": x}).shape == (2, 4, 6, 6)
+
+
+def test_conv_channels_are_pruned_through_flatten_into_a_dense_layer() -> None:
+    """Each channel of a Conv read by Flatten -> Gemm is a block of the Gemm's inputs: pruned as one,
+    keeping a multiple of 8 channels (CPU convolution kernels work on channel blocks)."""
+    rng = np.random.default_rng(0)
+    (a, wa) = _conv("a", 8, 32, rng)
+    a.input[0] = "x"
+    dense = numpy_helper.from_array(rng.standard_normal((32 * 6 * 6, 5)).astype(np.float32), "dense")
+    nodes = [
+        a,
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "dense"], ["y"]),
+    ]
+    model = _graph(nodes, [wa, dense], "y")
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    kept_norms = np.abs(weights["a.w"]).reshape(32, -1).sum(1)
+    stats = pruning.structured(model, 0.3, multiple=8)
+    assert stats.removed_channels == 8  # 32 * 0.7 = 22.4 -> 24 kept, a multiple of 8
+    conv, gemm = _weights_of(model, "Conv")[0], _weights_of(model, "Gemm")[0]
+    assert conv.shape == (24, 8, 3, 3) and gemm.shape == (24 * 6 * 6, 5)
+    # the channels kept are the 24 largest, and the dense rows kept are exactly theirs
+    keep = np.sort(np.argsort(-kept_norms)[:24])
+    rows = (keep[:, None] * 36 + np.arange(36)).reshape(-1)
+    np.testing.assert_array_equal(gemm, weights["dense"][rows])
+    assert _run(model, {"x": x}).shape == (2, 5)
+
+
+def test_shared_weights_are_untied_so_they_can_be_pruned() -> None:
+    rng = np.random.default_rng(0)
+    (a, wa), (b, wb) = _conv("a", 8, 16, rng), _conv("b", 16, 8, rng)
+    (c, _), (d, _) = _conv("c", 8, 16, rng), _conv("d", 16, 8, rng)
+    a.input[0], b.input[0] = "x", "ra"
+    c.input[:2], d.input[:2] = ["b", "a.w"], ["rc", "b.w"]  # c and d reuse a's and b's weights
+    nodes = [a, helper.make_node("Relu", ["a"], ["ra"]), b, c, helper.make_node("Relu", ["c"], ["rc"]), d]
+    model = _graph(nodes, [wa, wb], "d")
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    before = _run(model, {"x": x})
+    assert pruning.structured(model, 0.0).weights == 0  # tied: nothing may be pruned
+    assert pruning.untie(model) == 2
+    np.testing.assert_allclose(_run(model, {"x": x}), before, rtol=1e-5)
+    assert pruning.structured(model, 0.0).weights == 16 + 8 + 16  # a, b and c feed one Conv each
