@@ -225,10 +225,64 @@ MODELS = dashboard(
     [variable("model", "label_values(edgefleet_agent_inference_requests_total, model)")],
 )
 
+ALERT = 'rule=~"$rule"'
+MONITORING = dashboard(
+    "edgefleet-model-monitoring",
+    "edgefleet / Model monitoring",
+    [
+        panel("Alerts firing", "stat", f'sum(edgefleet_alerts{{state="firing",{ALERT}}})', width=8),
+        panel("Alerts pending", "stat", f'sum(edgefleet_alerts{{state="pending",{ALERT}}})', width=8),
+        panel(
+            "Alert changes (last hour)",
+            "stat",
+            f"sum(increase(edgefleet_alert_changes_total{{{ALERT}}}[1h]))",
+            width=8,
+        ),
+        panel(
+            "Open alerts by rule and state",
+            "timeseries",
+            (f"sum by (rule, state) (edgefleet_alerts{{{ALERT}}})", "{{rule}} {{state}}"),
+        ),
+        panel(
+            "Webhook deliveries",
+            "timeseries",
+            ("sum by (outcome) (rate(edgefleet_alert_webhook_changes_total[5m]))", "{{outcome}}"),
+            unit="ops",
+        ),
+        panel(
+            "Open alerts: figure against threshold (drift PSI, accuracy, bias gap, p99 ms)",
+            "table",
+            f"edgefleet_device_model_quality{{{ALERT}}}",
+            f"edgefleet_device_model_quality_threshold{{{ALERT}}}",
+            width=24,
+        ),
+        panel(
+            "Labels fed back to agents, by outcome",
+            "timeseries",
+            (
+                "sum by (model, outcome) (rate(edgefleet_agent_feedback_labels_total[5m]))",
+                "{{model}} {{outcome}}",
+            ),
+            unit="ops",
+        ),
+        panel(
+            "Requests mirrored to shadow versions",
+            "timeseries",
+            (
+                "sum by (model, outcome) (rate(edgefleet_agent_shadow_requests_total[5m]))",
+                "{{model}} {{outcome}}",
+            ),
+            unit="reqps",
+        ),
+    ],
+    [variable("rule", "label_values(edgefleet_alerts, rule)")],
+)
+
 DASHBOARDS = {
     "fleet-overview.json": FLEET,
     "device-health.json": DEVICES,
     "model-latency-errors.json": MODELS,
+    "model-monitoring.json": MONITORING,
 }
 
 
