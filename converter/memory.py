@@ -2,7 +2,11 @@
 
 ``edge-convert --max-memory MB`` sets the limit for the whole process's resident memory; by default
 it is the smaller of :data:`DEFAULT_LIMIT_MB` and half of what the host has available at start
-(``MemAvailable``), so a conversion neither fills a small device nor a shared build machine. Steps
+(``MemAvailable``), so a conversion neither fills a small device nor a shared build machine. The
+default is the conversion's own allowance: called as a library from a process that already holds
+more than a fresh ``edge-convert`` (:data:`FRESH_PROCESS_MB`: a notebook, a test worker with torch
+loaded), the limit rises by that excess, so the caller's memory does not starve the conversion's
+data down to one sample; ``--max-memory`` is always the whole process's cap. Steps
 that hold data per sample (sensitivity, fidelity, calibration) size their chunks from
 :meth:`MemoryLimit.room`, the limit minus what the process already holds, and a step whose
 smallest chunk would not fit is skipped and recorded rather than started.
@@ -31,6 +35,8 @@ MB = 2**20
 DEFAULT_LIMIT_MB = 1536
 #: the smallest limit that still runs a conversion (the interpreter, numpy and ONNX Runtime alone take ~150 MB).
 MIN_LIMIT_MB = 256
+#: about what a fresh ``edge-convert`` holds before converting (interpreter, numpy, ONNX Runtime).
+FRESH_PROCESS_MB = 256
 
 
 def available_bytes() -> int | None:
@@ -78,7 +84,11 @@ class MemoryLimit:
 
     @classmethod
     def of(cls, max_memory_mb: float | None) -> MemoryLimit:
-        return cls(int((max_memory_mb if max_memory_mb else default_limit_mb()) * MB))
+        if max_memory_mb:
+            return cls(int(max_memory_mb * MB))
+        # what the calling process held before the conversion is not the conversion's to spend
+        held = max(0, resident_bytes() - FRESH_PROCESS_MB * MB)
+        return cls(default_limit_mb() * MB + held)
 
     def room(self) -> int:
         """Bytes a step may still allocate: the limit minus what the process holds now (never < 0)."""

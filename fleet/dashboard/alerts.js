@@ -29,7 +29,10 @@
   const body = table.createTBody();
   const note = cell("p", "");
   section.append(table, note);
-  (document.querySelector("main") || document.body).prepend(section);
+  // beside the page view, not in it: app.js replaces the view's children on every refresh
+  const view = document.querySelector("main");
+  if (view) view.before(section);
+  else document.body.prepend(section);
 
   async function refresh() {
     const token = localStorage.getItem("edgefleet-token") || "";

@@ -14,14 +14,27 @@ class _Cand:
     verdict: str = "fidelity ok"
 
 
-def test_default_limit_is_the_smaller_of_the_cap_and_half_the_available_memory() -> None:
+def test_default_limit_is_the_smaller_of_the_cap_and_half_the_available_memory(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     avail = memory.available_bytes()
     expected = (
         memory.DEFAULT_LIMIT_MB if avail is None else min(memory.DEFAULT_LIMIT_MB, avail // 2 // memory.MB)
     )
     assert memory.default_limit_mb() == max(memory.MIN_LIMIT_MB, expected)
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 150 * memory.MB)  # a fresh edge-convert
     assert memory.MemoryLimit.of(None).limit == memory.default_limit_mb() * memory.MB
     assert memory.MemoryLimit.of(700).limit == 700 * memory.MB
+
+
+def test_a_caller_s_own_memory_does_not_starve_the_default_limit(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Called as a library from a process that already holds 2.25 GB (a test worker with torch and
+    jax loaded once left a conversion room for one calibration sample), the conversion still gets
+    its own allowance; an explicit --max-memory stays the whole process's cap."""
+    held = (memory.FRESH_PROCESS_MB + 2000) * memory.MB
+    monkeypatch.setattr(memory, "resident_bytes", lambda: held)
+    limit = memory.MemoryLimit.of(None)
+    assert limit.limit == memory.default_limit_mb() * memory.MB + 2000 * memory.MB
+    assert limit.room() == (memory.default_limit_mb() - memory.FRESH_PROCESS_MB) * memory.MB
+    assert memory.MemoryLimit.of(700).room() == 0
 
 
 def test_chunks_stay_under_the_limit_and_an_oversized_tensor_stands_alone() -> None:

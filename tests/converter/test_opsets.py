@@ -7,7 +7,8 @@ one static QDQ pass (per-channel QDQ must come out of it), and with x86-server's
 The CNN is trained here, so its weights differ from CPU to CPU, and how well static int8 keeps its
 answers depends on the CPU's int8 kernels (AVX2 without VNNI saturates where VNNI does not). So
 the tests assert what must hold on any CPU: the bundle meets the profile's bar, and either it is the
-per-channel int8 model or validation measured that model below the bar and said so.
+per-channel int8 model or validation measured that model below the bar or slower than the source and
+said so.
 """
 
 from __future__ import annotations
@@ -99,11 +100,13 @@ def test_each_opset_converts_to_static_int8(
     result = _check_opset_conversion(opset, str(quick_profile), cnn_data, sign_key, tmp_path)
     if result.manifest.precision == "int8":
         assert _per_channel_qdq(onnx.load(str(tmp_path / "unpacked" / "model.onnx")))
-    else:  # this CPU's int8 kernels lost too much: validation measured it and fell back, saying why
+    else:  # this CPU's int8 kernels lost too much accuracy or speed: validation measured it and fell
+        # back, saying why (AVX2 without VNNI: per-channel QDQ measured 1.5x the source's latency)
         fell_back = [
             d for d in result.manifest.decisions if d.choice == "fell back from int8-static to source-graph"
         ]
-        assert fell_back and "below the bar" in fell_back[0].reason
+        assert fell_back
+        assert "below the bar" in fell_back[0].reason or "slower than the source" in fell_back[0].reason
     # the static pass itself writes per-channel QDQ at opset 13 or above, on any CPU
     cnn = cnn_data[0]
     work = tmp_path / "work"

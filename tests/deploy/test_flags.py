@@ -166,6 +166,15 @@ OTHER_TOOLS = {
     "--from-file",  # kubectl
     "--now",  # systemctl
 }  # fmt: skip
+_ADD_ARGUMENT = re.compile(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"")
+
+
+def script_flags() -> set[str]:
+    """Flags of the repository's own scripts (bench/*.py, scripts/*.py), as their argparse declares them."""
+    sources = [*(ROOT / "bench").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    return {flag for path in sources for flag in _ADD_ARGUMENT.findall(path.read_text())}
+
+
 _ANY_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9.-]*[a-z0-9]")
 
 
@@ -175,6 +184,7 @@ def test_every_flag_anywhere_in_deploy_files_and_docs_belongs_to_a_known_command
     with ThreadPoolExecutor(4) as pool:
         for flags in pool.map(lambda p: help_flags(*p), pairs):
             ours |= flags
+    ours |= script_flags()
     stray = sorted(
         (flag, path.relative_to(ROOT).as_posix())
         for path in documents()

@@ -20,7 +20,7 @@ from tests.support.mosquitto import free_port, run_mosquitto
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.mqtt
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.yaml"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "mosquitto.yaml"
 
 
 class Client:

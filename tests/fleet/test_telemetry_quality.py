@@ -39,4 +39,10 @@ def test_extra_fields_are_dropped_at_every_depth(fleet: Fleet) -> None:
         (stored,) = s.query(TelemetrySample).filter_by(device_id="d0").one().models
     assert "smuggled" not in json.dumps(stored)
     assert stored["quality"]["accuracy"] == 0.9 and stored["quality"]["groups"][0]["selection_rate"] == 0.4
-    assert stored["shadow"] == {"version": "2.0.0", "samples": 20, "agreement": 0.97, "errors": 0}
+    assert stored["shadow"] == {
+        "version": "2.0.0",
+        "samples": 20,
+        "agreement": 0.97,
+        "errors": 0,
+        "dropped": 0,
+    }
