@@ -14,7 +14,7 @@ import numpy as np
 
 from sdk import keys
 from sdk.bundle import write_bundle
-from sdk.manifest import Manifest, Metrics, Smoke, SourceInfo, TensorSpec
+from sdk.manifest import Manifest, Metrics, Reference, Smoke, SourceInfo, TensorSpec
 from sdk.tensors import EncodedTensor
 
 
@@ -52,9 +52,11 @@ def make_bundle(
     scale: float = 2.0,
     pad_bytes: int = 0,
     metrics: Metrics | None = None,
+    reference: Reference | None = None,
 ) -> Path:
     """``pad_bytes`` adds a listed file of random bytes (``pad.bin``, incompressible), so the
-    bundle is that much larger to download, hash and unpack."""
+    bundle is that much larger to download, hash and unpack. ``reference`` carries the statistics
+    the agent monitors drift and quality against."""
     work = out_dir / f"src-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
     model = tiny_onnx(work / "model.onnx", scale=scale)
@@ -73,6 +75,7 @@ def make_bundle(
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 4])],
         smoke=Smoke(inputs={"x": EncodedTensor.from_numpy(x)}, outputs={"y": EncodedTensor.from_numpy(y)}),
         metrics=metrics or Metrics(),
+        reference=reference,
     )
     files: dict[str, Path] = {"model.onnx": model}
     if pad_bytes:
