@@ -139,7 +139,11 @@ class VersionMonitor:
             self._touched = True
 
     def quality(self, now: float, data_quality: tuple[int, int, int] | None = None) -> ModelQuality | None:
-        """Aggregates over the window; None when nothing happened since the previous call."""
+        """Aggregates over the window; None when it is empty and nothing happened since the previous call.
+
+        Every telemetry message repeats a non-empty window: the fleet counts consecutive messages as
+        windows (an alert fires on the second breach), so figures sent once, e.g. after one batch of
+        labels, would leave an alert pending for good."""
         from sdk.messages import ModelQuality
 
         cutoff = now - self.settings.window_s
@@ -147,7 +151,7 @@ class VersionMonitor:
             touched, self._touched = self._touched, False
             rows, labels = self._rows.since(cutoff), self._labels.since(cutoff)
             names = {code: name for name, code in self._group_codes.items()}
-        if not touched and not data_quality:
+        if not touched and not data_quality and not len(rows[0]) and not len(labels[0]):
             return None
         k = self.settings.min_samples
         figures: dict[str, Any] = {}

@@ -64,11 +64,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     keys.save_keypair(key, root / "keys" / "signing")
     db_path = root / "fleet.db"
     db = f"sqlite:///{db_path}"
-    with run_mosquitto(root / "mosquitto", dynsec_admin=BROKER_ADMIN) as broker:
-        token = admin_token(db)
-        with run_fleet(root / "fleet", dynsec_serve_args(root, db, broker.url), env=FLEET_ENV) as fleet:
-            with FleetClient(fleet.url, token) as client:
-                yield Stack(root, key, broker.url, fleet, client, db_path)
+    token = admin_token(db)
+    with (
+        run_mosquitto(root / "mosquitto", dynsec_admin=BROKER_ADMIN) as broker,
+        run_fleet(root / "fleet", dynsec_serve_args(root, db, broker.url), env=FLEET_ENV) as fleet,
+        FleetClient(fleet.url, token) as client,
+    ):
+        yield Stack(root, key, broker.url, fleet, client, db_path)
 
 
 def reference() -> Reference:
