@@ -41,7 +41,7 @@ pytestmark = pytest.mark.mqtt
 BUNDLE_ACCURACY = 0.91  # the bundle's measured accuracy: the accuracy rule's floor is 0.86
 MIN_SAMPLES = 20
 # the agent's rolling window: long enough that nothing here ages out of it
-AGENT_FLAGS = ["--monitor-window", "120", "--monitor-min-samples", str(MIN_SAMPLES)]
+AGENT_FLAGS = ["--monitor-window", "120", "--monitor-min-samples", str(MIN_SAMPLES), "--shadow-share", "1.0"]
 
 
 @dataclass
@@ -225,8 +225,9 @@ def test_shifted_inputs_raise_a_drift_alert_within_three_windows(
     assert (alert["model"], alert["version"]) == ("drifty", "1.0.0")
     assert alert["value"] > alert["threshold"] == 0.25
     assert "input" in alert["detail"]
+    # the windows that carried shifted traffic (it was sent without pause) up to the alert firing
     shifted = [
-        w for w in windows(stack, device, "drifty") if shift_start < w.seq and w.received_at <= alert["since"]
+        w for w in with_traffic(stack, device, "drifty", shift_start) if w.received_at <= alert["since"]
     ]
     assert 2 <= len(shifted) <= 3, [(w.seq, w.model) for w in shifted]
     # only the inputs moved: no accuracy or bias alert came with it
@@ -244,16 +245,17 @@ def test_wrong_labels_fed_back_raise_an_accuracy_alert(stack: Stack, deploy: Cal
             for i in range(n):
                 out = ac.infer(
                     "labelled",
-                    {"x": rng.standard_normal((20, 4)).astype(np.float32)},
+                    {"x": rng.standard_normal((64, 4)).astype(np.float32)},
                     request_id=f"{prefix}-{i}",
                 )
                 predicted = np.argmax(out.outputs["y"], axis=1)
                 labels[f"{prefix}-{i}"] = ((predicted + 1) % 4 if wrong else predicted).tolist()
             return labels
 
+        # 64 rows a request: the most the agent keeps per request id for labels
         # right labels first: measured accuracy 1.0 reaches the fleet and raises nothing
-        right = labelled_batches("right", 4, wrong=False)
-        assert ac.feedback("labelled", right) == {"accepted": 4, "unknown": 0, "expired": 0, "invalid": 0}
+        right = labelled_batches("right", 5, wrong=False)
+        assert ac.feedback("labelled", right) == {"accepted": 5, "unknown": 0, "expired": 0, "invalid": 0}
         start = last_seq(stack, device)
 
         def measured() -> list[float]:
@@ -267,15 +269,15 @@ def test_wrong_labels_fed_back_raise_an_accuracy_alert(stack: Stack, deploy: Cal
         assert measured()[-1] == 1.0
         assert alerts(stack, device_id=device) == []
 
-        # then 240 rows labelled wrong: the window's accuracy falls to 80 / 320
-        wrong = labelled_batches("wrong", 12, wrong=True)
-        assert ac.feedback("labelled", wrong)["accepted"] == 12
+        # then 960 rows labelled wrong: the window's accuracy falls to 320 / 1280
+        wrong = labelled_batches("wrong", 15, wrong=True)
+        assert ac.feedback("labelled", wrong)["accepted"] == 15
         wait_until(lambda: firing(stack, device, "accuracy"), 30, "a firing accuracy alert")
     alert = firing(stack, device, "accuracy")
     assert alert is not None and alert["model"] == "labelled"
-    assert alert["value"] == pytest.approx(80 / 320, abs=0.01)
+    assert alert["value"] == pytest.approx(320 / 1280, abs=0.01)
     assert alert["threshold"] == pytest.approx(BUNDLE_ACCURACY - 0.05)
-    assert "measured on 320 labels" in alert["detail"]
+    assert "measured on 1280 labels" in alert["detail"]
 
 
 def test_a_group_with_worse_recall_raises_a_bias_alert(stack: Stack, deploy: Callable[[str], Agent]) -> None:
@@ -305,3 +307,55 @@ def test_a_group_with_worse_recall_raises_a_bias_alert(stack: Stack, deploy: Cal
     last = [w for w in windows(stack, device, "fair") if w.model and w.model.get("quality")][-1]
     groups = {g["group"]: g for g in last.model["quality"]["groups"]}  # type: ignore[index]
     assert groups["ward-a"]["recall"] == 1.0 and groups["ward-b"]["recall"] < 0.5
+
+
+def test_a_shadow_phase_stops_a_subtly_worse_version_and_promotes_a_good_one(
+    stack: Stack, deploy: Callable[[str], Agent]
+) -> None:
+    agent = deploy("shadowed")  # 1.0.0: y = 2x + 1
+    device = agent.device_id
+    rng = np.random.default_rng(4)
+    # latency is left out of the gate: this machine's timings decide nothing here
+    gates = {"shadow": {"min_samples": 40, "min_agreement": 0.95, "max_latency_factor": None}}
+    with AgentClient(f"http://127.0.0.1:{agent.port}") as ac:
+
+        def answer() -> str:
+            return ac.infer("shadowed", {"x": rng.standard_normal((1, 4)).astype(np.float32)}).model_version
+
+        def shadow_phase(version: str, **model: Any) -> tuple[dict[str, Any], set[str]]:
+            """Roll ``version`` out with a shadow phase under live traffic: the rollout's end, and
+            which versions answered callers meanwhile."""
+            bundle = make_bundle(
+                stack.root / "b", stack.key, name="shadowed", version=version, reference=reference(), **model
+            )
+            uploaded = stack.client.upload_bundle(bundle)
+            rollout = stack.client.create_rollout(
+                uploaded["id"], selector={"labels": {"dev": device}}, gates=gates
+            )
+            answered: set[str] = set()
+
+            def ended() -> bool:
+                answered.add(answer())
+                return stack.client.rollout(rollout["id"])["state"] != "running"
+
+            wait_until(ended, 60, f"the shadow phase of {version} to end")
+            return stack.client.rollout(rollout["id"]), answered
+
+        # subtly worse: column 0 gets 0.5 more, which changes about one answer in seven
+        worse, answered = shadow_phase("1.1.0", bias=[2.0, 1.0, 1.0, 1.0])
+        assert worse["state"] == "rolled_back", worse
+        assert answered == {"1.0.0"}  # it never answered a caller
+        agreement = [
+            w.model["shadow"]["agreement"]
+            for w in windows(stack, device, "shadowed")
+            if w.model
+            and (w.model.get("shadow") or {}).get("version") == "1.1.0"
+            and w.model["shadow"].get("agreement") is not None
+        ]
+        assert agreement and 0.6 < agreement[-1] < 0.95, agreement
+
+        # as good (the same answers, other scores): promoted after its shadow phase, then it serves
+        good, answered = shadow_phase("1.2.0", scale=3.0)
+        assert good["state"] == "succeeded", good
+        assert "1.1.0" not in answered
+        wait_until(lambda: answer() == "1.2.0", 30, "1.2.0 to answer callers")

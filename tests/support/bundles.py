@@ -18,7 +18,8 @@ from sdk.manifest import Manifest, Metrics, Reference, Smoke, SourceInfo, Tensor
 from sdk.tensors import EncodedTensor
 
 
-def tiny_onnx(path: Path, scale: float = 2.0, bias: float = 1.0) -> Path:
+def tiny_onnx(path: Path, scale: float = 2.0, bias: float | list[float] = 1.0) -> Path:
+    """``bias`` a list: one per column, so versions can disagree on the largest column."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -32,7 +33,9 @@ def tiny_onnx(path: Path, scale: float = 2.0, bias: float = 1.0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
         [
             helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
-            helper.make_tensor("bias", TensorProto.FLOAT, [], [bias]),
+            helper.make_tensor(
+                "bias", TensorProto.FLOAT, [len(bias)] if isinstance(bias, list) else [], np.atleast_1d(bias)
+            ),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -50,6 +53,7 @@ def make_bundle(
     profile: str = "x86-server",
     broken: bool = False,
     scale: float = 2.0,
+    bias: float | list[float] = 1.0,
     pad_bytes: int = 0,
     metrics: Metrics | None = None,
     reference: Reference | None = None,
@@ -59,9 +63,9 @@ def make_bundle(
     the agent monitors drift and quality against."""
     work = out_dir / f"src-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
-    model = tiny_onnx(work / "model.onnx", scale=scale)
+    model = tiny_onnx(work / "model.onnx", scale=scale, bias=bias)
     x = np.arange(4, dtype=np.float32).reshape(1, 4)
-    y = x * scale + 1.0
+    y = x * scale + np.asarray(bias, dtype=np.float32)
     if broken:
         y = y + 100.0  # the device computes 2x + 1 and must refuse this bundle
     manifest = Manifest(
