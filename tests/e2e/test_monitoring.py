@@ -4,7 +4,8 @@ A real Mosquitto (dynamic security), ``edge-fleet serve`` and one ``edge-agent s
 The agent computes drift and quality figures over its own traffic and sends them in telemetry
 (docs/monitoring.md); the fleet turns the stored messages into alerts (docs/alerts.md). Nothing
 here injects telemetry: every figure the fleet judges is one the agent computed from requests and
-labels sent to it over HTTP.
+labels sent to it over HTTP. Last, a rollout with a shadow phase: the agent mirrors live requests
+to the new version, and the fleet promotes or stops it on the agreement the agent measured.
 
 The model is a 4-class "classifier" (scores y = 2x + 1 on a [batch, 4] input) whose bundle carries
 a measured accuracy and reference statistics: the input histogram, the predicted class shares and
