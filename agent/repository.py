@@ -267,6 +267,7 @@ class ModelRepository:
                 # labels for predictions made before a restart still join
                 monitor.ledger.load(self._ledger_path(name))
             window = stats.monitor = monitor.for_version(version, manifest, reader)
+            window.serving = True  # again, where a rollback brings a retired version back
         model = LoadedModel(
             name=name,
             version=version,
@@ -290,6 +291,9 @@ class ModelRepository:
         return model
 
     def _retire(self, model: LoadedModel) -> None:
+        if model.window is not None:
+            model.window.serving = False
+
         def drain() -> None:
             model.scheduler.close()
             if not model.scheduler.wait_idle(_DRAIN_TIMEOUT_S):

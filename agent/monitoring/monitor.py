@@ -110,6 +110,9 @@ class VersionMonitor:
         self._labels = Ring(settings.window_rows)
         self._group_codes: dict[str, int] = {}
         self._touched = False
+        #: the version answers callers: its window is repeated in every message; a retired one's
+        #: only when late labels change it, so the fleet sees the device no longer runs it
+        self.serving = True
 
     def _code(self, group: str | None) -> int:
         if group is None:
@@ -139,7 +142,12 @@ class VersionMonitor:
             self._touched = True
 
     def quality(self, now: float, data_quality: tuple[int, int, int] | None = None) -> ModelQuality | None:
-        """Aggregates over the window; None when nothing happened since the previous call."""
+        """Aggregates over the window; None when nothing happened since the previous call and the
+        window is empty or the version no longer serves.
+
+        A serving version's non-empty window is repeated by every telemetry message: the fleet
+        counts consecutive messages as windows (an alert fires on the second breach), so figures
+        sent once, e.g. after one batch of labels, would leave an alert pending for good."""
         from sdk.messages import ModelQuality
 
         cutoff = now - self.settings.window_s
@@ -147,7 +155,8 @@ class VersionMonitor:
             touched, self._touched = self._touched, False
             rows, labels = self._rows.since(cutoff), self._labels.since(cutoff)
             names = {code: name for name, code in self._group_codes.items()}
-        if not touched and not data_quality:
+        repeat = self.serving and (len(rows[0]) > 0 or len(labels[0]) > 0)
+        if not touched and not data_quality and not repeat:
             return None
         k = self.settings.min_samples
         figures: dict[str, Any] = {}

@@ -14,11 +14,12 @@ import numpy as np
 
 from sdk import keys
 from sdk.bundle import write_bundle
-from sdk.manifest import Manifest, Metrics, Smoke, SourceInfo, TensorSpec
+from sdk.manifest import Manifest, Metrics, Reference, Smoke, SourceInfo, TensorSpec
 from sdk.tensors import EncodedTensor
 
 
-def tiny_onnx(path: Path, scale: float = 2.0, bias: float = 1.0) -> Path:
+def tiny_onnx(path: Path, scale: float = 2.0, bias: float | list[float] = 1.0) -> Path:
+    """``bias`` a list: one per column, so versions can disagree on the largest column."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -32,7 +33,9 @@ def tiny_onnx(path: Path, scale: float = 2.0, bias: float = 1.0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
         [
             helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
-            helper.make_tensor("bias", TensorProto.FLOAT, [], [bias]),
+            helper.make_tensor(
+                "bias", TensorProto.FLOAT, [len(bias)] if isinstance(bias, list) else [], np.atleast_1d(bias)
+            ),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -50,16 +53,19 @@ def make_bundle(
     profile: str = "x86-server",
     broken: bool = False,
     scale: float = 2.0,
+    bias: float | list[float] = 1.0,
     pad_bytes: int = 0,
     metrics: Metrics | None = None,
+    reference: Reference | None = None,
 ) -> Path:
     """``pad_bytes`` adds a listed file of random bytes (``pad.bin``, incompressible), so the
-    bundle is that much larger to download, hash and unpack."""
+    bundle is that much larger to download, hash and unpack. ``reference`` carries the statistics
+    the agent monitors drift and quality against."""
     work = out_dir / f"src-{name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
-    model = tiny_onnx(work / "model.onnx", scale=scale)
+    model = tiny_onnx(work / "model.onnx", scale=scale, bias=bias)
     x = np.arange(4, dtype=np.float32).reshape(1, 4)
-    y = x * scale + 1.0
+    y = x * scale + np.asarray(bias, dtype=np.float32)
     if broken:
         y = y + 100.0  # the device computes 2x + 1 and must refuse this bundle
     manifest = Manifest(
@@ -73,6 +79,7 @@ def make_bundle(
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 4])],
         smoke=Smoke(inputs={"x": EncodedTensor.from_numpy(x)}, outputs={"y": EncodedTensor.from_numpy(y)}),
         metrics=metrics or Metrics(),
+        reference=reference,
     )
     files: dict[str, Path] = {"model.onnx": model}
     if pad_bytes:
