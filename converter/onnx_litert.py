@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.errors import first_line
 from converter.litert_export import export_tflite
 from converter.litert_session import IoNames, LiteRtSession
 from sdk.errors import ConfigError, ConversionError
@@ -43,12 +44,24 @@ def onnx_to_tflite(
     except UnsupportedOps as exc:
         raise ConversionError(f"ONNX to LiteRT: no torch interpretation for op(s) {exc}: {INSTEAD}") from None
     ordered = _by_graph_order(module.input_names, examples)
+    ordered = {
+        data: a.astype(_element_type(model, name), copy=False)
+        for (data, a), name in zip(ordered.items(), module.input_names, strict=True)
+    }
     try:
         export_tflite(module, ordered, out)
     except ConversionError as exc:  # torch.export or the lowering: name the cause, then the way out
         raise ConversionError(f"ONNX to LiteRT: {exc}; {INSTEAD}") from None
     names = IoNames(list(ordered), list(module.output_names))
     return names, _check_against_onnx(onnx_path, module.input_names, out, names, ordered, threads)
+
+
+def _element_type(model: object, name: str) -> np.dtype:
+    """The numpy type the graph declares for input ``name`` (data often comes as float64)."""
+    from onnx import helper
+
+    declared = next(i for i in model.graph.input if i.name == name)  # type: ignore[attr-defined]
+    return np.dtype(helper.tensor_dtype_to_np_dtype(declared.type.tensor_type.elem_type))
 
 
 def _by_graph_order(graph_inputs: list[str], examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,8 +92,14 @@ def _check_against_onnx(
     reference = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     ours = LiteRtSession(tflite, threads, names)
     feeds = {name: examples[data] for name, data in zip(graph_inputs, names.inputs, strict=True)}
-    expected = reference.run(None, feeds)
-    got = ours.run(None, {data: examples[data] for data in names.inputs})
+    try:
+        expected = reference.run(None, feeds)
+        got = ours.run(None, {data: examples[data] for data in names.inputs})
+    except Exception as exc:  # ONNX Runtime and LiteRT raise their own types
+        raise ConversionError(
+            f"ONNX to LiteRT: the float .tflite could not be checked against ONNX Runtime"
+            f" ({type(exc).__name__}: {first_line(exc)}): {INSTEAD}"
+        ) from None
     worst = 0.0
     for name, want, have in zip(names.outputs, expected, got, strict=True):
         scale = max(1e-6, float(np.abs(want).max()))
