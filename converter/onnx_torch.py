@@ -756,7 +756,7 @@ class OnnxModule(nn.Module):
         exporting = torch.compiler.is_exporting()
         for i, node in enumerate(self.nodes):
             static = exporting and i in self._static
-            args = [self._lookup(env, name, static) for name in node.inputs]
+            args = [self._lookup(env, name, exporting) for name in node.inputs]
             try:
                 if static:
                     with _disable_current_modes():  # real tensors: values known at export time
@@ -776,12 +776,14 @@ class OnnxModule(nn.Module):
                         sizes.append(value.numel() * value.element_size())
         return tuple(env[name] if name in env else self._value(name) for name in self.output_names)
 
-    def _lookup(self, env: dict[str, Any], name: str, static: bool = False) -> Any:
+    def _lookup(self, env: dict[str, Any], name: str, real: bool = False) -> Any:
+        """``real``: a constant as its real tensor (under ``torch.export`` the buffer is fake, and
+        an axes or shape read from it would be data-dependent); the export lifts it as a constant."""
         if not name:
             return None
         if name in env:
             return env[name]
-        if static and name in self._constants:
+        if real and name in self._constants:
             return self._constants[name]
         return self._value(name)
 
