@@ -716,14 +716,24 @@ class OnnxModule(nn.Module):
                 self.register_buffer(f"const_{buffers}", tensor, persistent=False)
                 self._slots[init.name] = ("buffer", buffers)
                 buffers += 1
-        # real copies of the constants: under torch.export the registered buffers are fake
-        self._constants = {
-            name: getattr(self, f"const_{i}") for name, (kind, i) in self._slots.items() if kind == "buffer"
-        }
+        self._constants = self._real_constants()
         self._static = _static_nodes(self.nodes, set(self._constants))
         inits = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.output_names = [o.name for o in graph.output]
+
+    def _real_constants(self) -> dict[str, Tensor]:
+        """Initializer name -> its buffer, held outside the module's state: under ``torch.export``
+        the registered buffers are fake tensors, these stay real."""
+        return {
+            name: getattr(self, f"const_{i}") for name, (kind, i) in self._slots.items() if kind == "buffer"
+        }
+
+    def _apply(self, fn: Any, recurse: bool = True) -> OnnxModule:
+        # .to(device) and the like replace the buffers; the real copies must follow them
+        out = super()._apply(fn, recurse)
+        self._constants = self._real_constants()
+        return out
 
     def parameter_names(self) -> dict[str, nn.Parameter]:
         """Initializer name -> its parameter."""
