@@ -5,7 +5,8 @@ integer (ai-edge-quantizer search; a model that is already full integer is kept 
 measure (size, host latency with the LiteRT interpreter, fidelity and accuracy against the float
 model) → Edge TPU op audit → reference and smoke → manifest → signed bundle → report.html.
 
-ONNX input is refused in one line: there is no ONNX to LiteRT path without TensorFlow here.
+ONNX input is interpreted as a torch module and exported the same way (:mod:`converter.onnx_litert`);
+what cannot be interpreted or traced is refused in one line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from converter.litert_session import IoNames, LiteRtSession, interpreter, tensor
 from converter.loading import SourceModel, load_source, safe_name
 from converter.measure import compare_latency
 from converter.model import InputSpec
+from converter.onnx_litert import onnx_to_tflite
 from converter.passes import export as export_pass
 from converter.passes import tflite
 from converter.passes.validate import _host as host_name
@@ -69,11 +71,6 @@ def convert_litert(
     config = tflite.configure_profile(profile)
     progress.step("load")
     source = load_source(request.model, workdir)
-    if source.format == "onnx":
-        raise ConversionError(
-            f"profile {profile.name} makes a full-integer TFLite model from PyTorch or .tflite, not ONNX:"
-            " pass the PyTorch model (package.module:factory or a torch.export .pt2) or a .tflite file"
-        )
     ctx = PassContext(
         profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs
     )
@@ -171,6 +168,17 @@ def _float_tflite(source: SourceModel, ctx: PassContext, request: ConvertRequest
         )
         return out, IoNames(_data_names(_signature_names(it, "inputs"), ctx), _signature_names(it, "outputs"))
     examples = export_pass._example_inputs(ctx)
+    if source.format == "onnx":
+        assert source.artifact.onnx_path is not None
+        names, error = onnx_to_tflite(source.artifact.onnx_path, examples, out, ctx.threads)
+        ctx.record(
+            "export",
+            "float .tflite (ONNX graph interpreted in torch, litert-torch)",
+            "no ONNX to LiteRT converter runs without TensorFlow; each ONNX node runs as torch ops,"
+            " traced with torch.export at batch 1 (static shapes, as the Edge TPU needs)",
+            onnx_runtime_max_error=round(error, 6),
+        )
+        return out, names
     export_tflite(source.artifact.torch_module, examples, out)
     ctx.record(
         "export",

@@ -10,6 +10,10 @@ so writing back is a copy of values, never a re-export. Results follow ONNX Runt
 tolerance, not bit for bit. Ops it has no rule for are named by :func:`unsupported_ops`, and
 :func:`to_torch` refuses such a graph with :class:`UnsupportedOps`.
 
+Under ``torch.export`` (static shapes) the graph's shape arithmetic (Shape, Gather, Concat, ...
+on shapes and integer constants) runs on real tensors outside the tracer, so that Reshape, Expand
+and the like read plain integers instead of data-dependent symbols; see :func:`_static_nodes`.
+
 Nothing here depends on the conversion pipeline: input a ModelProto, output a module.
 """
 
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +78,16 @@ def _ints(value: Any) -> list[int]:
     if value is None:
         return []
     if isinstance(value, Tensor):
-        return [int(v) for v in value.reshape(-1).tolist()]
+        return [int(v) for v in _values(value)]
     return [int(v) for v in value]
+
+
+def _values(t: Tensor) -> list[Any]:
+    """A tensor's values as Python numbers. Read outside the tracer: under ``torch.export`` a
+    constant (see :func:`_static_nodes`) is a real tensor, and reading it through the tracer would
+    make a data-dependent symbol of each value."""
+    with _disable_current_modes():
+        return t.detach().reshape(-1).tolist()
 
 
 def _opt(args: list[Any], i: int) -> Any:
@@ -413,7 +426,7 @@ def _resize(node: _Node, a: list[Any]) -> list[Any]:
     if sizes is not None:
         out = _ints(sizes)[2:]
     else:
-        factors = [float(s) for s in (scales.reshape(-1).tolist() if isinstance(scales, Tensor) else scales)]
+        factors = [float(s) for s in (_values(scales) if isinstance(scales, Tensor) else scales)]
         if factors[:2] != [1.0, 1.0]:
             raise UnsupportedOps("Resize over the batch or channel axis")
         out = [math.floor(d * f) for d, f in zip(x.shape[2:], factors[2:], strict=True)]
@@ -461,7 +474,7 @@ def _pad(node: _Node, a: list[Any]) -> list[Any]:
     while len(flat) > 2 and flat[-2:] == [0, 0]:  # torch pads at most the trailing dims it is given
         flat = flat[:-2]
     if mode == "constant":
-        fill = float(value.item()) if isinstance(value, Tensor) else float(value)
+        fill = float(_values(value)[0]) if isinstance(value, Tensor) else float(value)
         return [F.pad(x, flat, value=fill)]
     return [F.pad(x, flat, mode=mode)]
 
@@ -500,7 +513,7 @@ def _where(node: _Node, a: list[Any]) -> list[Any]:
 
 
 def _range(node: _Node, a: list[Any]) -> list[Any]:
-    start, limit, delta = (t.item() for t in a)
+    start, limit, delta = (_values(t)[0] for t in a)
     return [torch.arange(start, limit, delta, dtype=a[0].dtype, device=a[0].device)]
 
 
@@ -523,7 +536,7 @@ def _einsum(node: _Node, a: list[Any]) -> list[Any]:
 def _cumsum(node: _Node, a: list[Any]) -> list[Any]:
     if node.attr("exclusive", 0) or node.attr("reverse", 0):
         raise UnsupportedOps("CumSum exclusive/reverse")
-    return [torch.cumsum(a[0], dim=int(a[1].item()))]
+    return [torch.cumsum(a[0], dim=int(_values(a[1])[0]))]
 
 
 def _mod(node: _Node, a: list[Any]) -> list[Any]:
@@ -703,9 +716,24 @@ class OnnxModule(nn.Module):
                 self.register_buffer(f"const_{buffers}", tensor, persistent=False)
                 self._slots[init.name] = ("buffer", buffers)
                 buffers += 1
+        self._constants = self._real_constants()
+        self._static = _static_nodes(self.nodes, set(self._constants))
         inits = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.output_names = [o.name for o in graph.output]
+
+    def _real_constants(self) -> dict[str, Tensor]:
+        """Initializer name -> its buffer, held outside the module's state: under ``torch.export``
+        the registered buffers are fake tensors, these stay real."""
+        return {
+            name: getattr(self, f"const_{i}") for name, (kind, i) in self._slots.items() if kind == "buffer"
+        }
+
+    def _apply(self, fn: Any, recurse: bool = True) -> OnnxModule:
+        # .to(device) and the like replace the buffers; the real copies must follow them
+        out = super()._apply(fn, recurse)
+        self._constants = self._real_constants()
+        return out
 
     def parameter_names(self) -> dict[str, nn.Parameter]:
         """Initializer name -> its parameter."""
@@ -735,10 +763,16 @@ class OnnxModule(nn.Module):
         if missing:
             raise ValueError(f"missing graph inputs: {', '.join(missing)}")
         device = next((t.device for t in env.values() if isinstance(t, Tensor)), None)
-        for node in self.nodes:
-            args = [self._lookup(env, name) for name in node.inputs]
+        exporting = torch.compiler.is_exporting()
+        for i, node in enumerate(self.nodes):
+            static = exporting and i in self._static
+            args = [self._lookup(env, name, exporting) for name in node.inputs]
             try:
-                results = RULES[node.op](node, args)
+                if static:
+                    with _disable_current_modes():  # real tensors: values known at export time
+                        results = RULES[node.op](node, args)
+                else:
+                    results = RULES[node.op](node, args)
             except UnsupportedOps:
                 raise
             except Exception as exc:
@@ -752,12 +786,34 @@ class OnnxModule(nn.Module):
                         sizes.append(value.numel() * value.element_size())
         return tuple(env[name] if name in env else self._value(name) for name in self.output_names)
 
-    def _lookup(self, env: dict[str, Any], name: str) -> Any:
+    def _lookup(self, env: dict[str, Any], name: str, real: bool = False) -> Any:
+        """``real``: a constant as its real tensor (under ``torch.export`` the buffer is fake, and
+        an axes or shape read from it would be data-dependent); the export lifts it as a constant."""
         if not name:
             return None
         if name in env:
             return env[name]
+        if real and name in self._constants:
+            return self._constants[name]
         return self._value(name)
+
+
+#: ops whose output depends on the input's shape only, never on its values.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def _static_nodes(nodes: Sequence[_Node], constants: set[str]) -> frozenset[int]:
+    """Positions of nodes whose outputs are known once the input shapes are: Shape and Size, and
+    every node fed only by constants (buffers, not trainable parameters) and such nodes. Exported
+    at static shapes they are constants; traced as tensors, a Reshape of their values would be
+    data-dependent (``.tolist()`` of a traced tensor), which ``torch.export`` refuses."""
+    known = set(constants)
+    static: set[int] = set()
+    for i, node in enumerate(nodes):
+        if node.op in _SHAPE_OPS or all(not name or name in known for name in node.inputs):
+            static.add(i)
+            known.update(n for n in node.outputs if n)
+    return frozenset(static)
 
 
 def _fixed_initializers(graph: Any) -> set[str]:

@@ -81,6 +81,23 @@ def test_outputs_follow_onnx_runtime(name: str, tmp_path: Path) -> None:
         assert float(np.abs(g.numpy() - w).max()) <= 1e-3 * scale, name
 
 
+#: graphs whose shapes and axes come from Shape chains and integer initializers.
+SHAPE_ARITHMETIC = ["byte-classifier", "recognizer", "transformer-encoder"]
+
+
+@pytest.mark.parametrize("name", SHAPE_ARITHMETIC)
+def test_the_interpretation_traces_with_torch_export(name: str, tmp_path: Path) -> None:
+    """LiteRT export traces the module with ``torch.export`` at static shapes: shape arithmetic must
+    be constants there, not data-dependent symbols, and the program must compute what the module does."""
+    path, feeds = BUILDERS[name](tmp_path)
+    module = onnx_torch.to_torch(onnx.load(str(path)), trainable=False)
+    args = tuple(torch.from_numpy(feeds[n][:1]) for n in module.input_names)
+    program = torch.export.export(module, args)
+    with torch.no_grad():
+        for want, got in zip(module(*args), program.module()(*args), strict=True):
+            torch.testing.assert_close(got, want)
+
+
 def test_trained_values_are_written_back(tmp_path: Path) -> None:
     path, feeds = _detector(tmp_path)
     proto = onnx.load(str(path))
