@@ -22,7 +22,9 @@ def read_audit(
     actor: Annotated[str | None, Query(description="a token id or device id")] = None,
     action: Annotated[audit.Action | None, Query()] = None,
     target: Annotated[str | None, Query(description="a device, bundle, rollout or token id")] = None,
-    before_id: Annotated[int | None, Query(description="the last id of the previous page")] = None,
+    before_id: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="the last id of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_PAGE)] = 100,
 ) -> AuditPage:
     rows = audit.entries(
