@@ -74,6 +74,8 @@ def convert_litert(
     ctx = PassContext(
         profile=profile, workdir=workdir, options=request.options, example_inputs=source.example_inputs
     )
+    if source.format != "tflite":  # a .tflite may already be full integer: it needs no data
+        _require_calibration(profile, request.options.calibration_path)  # before the export's work
     progress.step("tflite")
     float_model, names = _float_tflite(source, ctx, request)
     base = LiteRtSession(float_model, ctx.threads, names)
@@ -225,14 +227,16 @@ def _dim(d: int | str) -> int | None:
     return d if isinstance(d, int) else None
 
 
+def _require_calibration(profile: HardwareProfile, calibration_path: Path | None) -> None:
+    if calibration_path is None:
+        raise ConfigError(f"profile {profile.name} needs --calibration DATA.npz (full-integer quantization)")
+
+
 def _load_data(ctx: PassContext, request: ConvertRequest) -> None:
     share = memory.active().share(0.15)
     if request.evaluation is not None:
         ctx.evaluation = cal.load_npz(request.evaluation, ctx.inputs, "eval", share)
-    if ctx.options.calibration_path is None:
-        raise ConfigError(
-            f"profile {ctx.profile.name} needs --calibration DATA.npz (full-integer quantization)"
-        )
+    _require_calibration(ctx.profile, ctx.options.calibration_path)
     ctx.calibration = cal.load_npz(ctx.options.calibration_path, ctx.inputs, "calibration", share)
     ctx.findings.calibration_origin = ctx.calibration.origin
     ctx.findings.eval_origin = (ctx.evaluation or ctx.calibration).origin

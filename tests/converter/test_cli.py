@@ -161,8 +161,10 @@ def test_model_over_the_profiles_size_limit(mlp: Path, tmp_path: Path, sign_key:
     )
 
 
-def test_coral_refuses_clearly(mlp: Path, sign_key: Path) -> None:
-    _one_error_line(edge_convert(mlp, "--profile", "coral", "--sign-key", sign_key), "coral", "TFLite")
+def test_coral_without_calibration_data_refuses_clearly(mlp: Path, sign_key: Path) -> None:
+    # full-integer int8 needs the user's data; said before any export work, in one line
+    result = edge_convert(mlp, "--profile", "coral", "--sign-key", sign_key)
+    _one_error_line(result, "coral", "--calibration")
 
 
 def test_bad_flag_is_one_line(mlp: Path) -> None:
