@@ -284,10 +284,18 @@ class OutboxSender:
 
     def run(self, stop: threading.Event, idle_s: float = 1.0) -> None:
         """The sender thread: pump whenever woken (append, ack, connect) or every ``idle_s``."""
+        failing = False
         while not stop.is_set():
             self.wake.wait(idle_s)
             self.wake.clear()
             try:
                 self.pump()
+                failing = False
+            except sqlite3.OperationalError as exc:
+                # a full disk (or a locked file) is the device's condition, not a bug: one line per
+                # streak, and the next pump retries
+                if not failing:
+                    log.warning("outbox cannot write its database (%s); retrying", exc)
+                failing = True
             except sqlite3.Error:
                 log.exception("outbox failed; retrying")
