@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -174,13 +174,17 @@ class Judge:
         self, base: Path, data: Dataset, bar: QuantizationSpec, max_drop: float, threads: int
     ) -> None:
         self.data, self.bar, self.max_drop, self.threads = data, bar, max_drop, threads
-        session = make_session(base, threads)
+        session = self.session(base)
         self.reference = outputs_over(session, data)
         self.classifier = judged_as_classifier(session, self.reference, data)
         self.base_accuracy = accuracy(self.reference, data.labels) if data.labels is not None else None
 
+    def session(self, path: Path, config: dict[str, str] | None = None) -> Any:
+        """The runtime a model is judged in (ONNX Runtime here; a subclass may use another)."""
+        return make_session(path, self.threads, config)
+
     def outputs(self, cand: Candidate) -> list[np.ndarray]:
-        return outputs_over(make_session(cand.path, self.threads, cand.session_config), self.data)
+        return outputs_over(self.session(cand.path, cand.session_config), self.data)
 
     def check(self, cand: Candidate, outputs: list[np.ndarray] | None = None) -> bool:
         """Measure ``cand`` (or judge its given ``outputs``); verdict MEETS_BAR or BELOW_BAR."""

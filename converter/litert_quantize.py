@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converter.calibration import Dataset
-from converter.candidates import Candidate, Verdict, shortfall
+from converter.candidates import Candidate, Judge, Verdict
 from converter.errors import tool_failure
 from converter.litert_session import IoNames, LiteRtSession, interpreter
-from converter.measure import Fidelity, accuracy, fidelity, judged_as_classifier, outputs_over
+from converter.measure import Fidelity
 from sdk.errors import ConversionError
 from sdk.profiles import QuantizationSpec
 
@@ -137,30 +137,18 @@ def _batch(it: object) -> int:
     return int(shape[0]) if len(shape) and shape[0] > 0 else 1
 
 
-class LiteRtJudge:
-    """Fidelity and accuracy of LiteRT candidates against the float model, at the profile's bar."""
+class LiteRtJudge(Judge):
+    """Fidelity and accuracy of LiteRT candidates against the float model, at the profile's bar:
+    :class:`Judge`'s rules, with each model run by the LiteRT interpreter."""
 
     def __init__(
         self, base: Path, data: Dataset, bar: QuantizationSpec, max_drop: float, threads: int, names: IoNames
     ) -> None:
-        self.data, self.bar, self.max_drop, self.threads = data, bar, max_drop, threads
-        self.names = names
-        session = LiteRtSession(base, threads, self.names)
-        self.reference = outputs_over(session, data)
-        self.classifier = judged_as_classifier(session, self.reference, data)
-        self.base_accuracy = accuracy(self.reference, data.labels) if data.labels is not None else None
+        self.names = names  # before the base session is made
+        super().__init__(base, data, bar, max_drop, threads)
 
-    def check(self, cand: Candidate) -> bool:
-        outs = outputs_over(LiteRtSession(cand.path, self.threads, self.names), self.data)
-        cand.fidelity = fidelity(self.reference, outs, self.classifier)
-        drop = None
-        if self.data.labels is not None:
-            cand.accuracy = accuracy(outs, self.data.labels)
-            if self.base_accuracy is not None:
-                drop = self.base_accuracy - cand.accuracy
-        missed = shortfall(cand.fidelity, self.bar, drop, self.max_drop)
-        cand.decide(Verdict.BELOW_BAR, missed) if missed else cand.decide(Verdict.MEETS_BAR)
-        return missed is None
+    def session(self, path: Path, config: dict[str, str] | None = None) -> LiteRtSession:
+        return LiteRtSession(path, self.threads, self.names)
 
 
 def op_types(model: Path) -> list[str]:
