@@ -6,9 +6,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+
+from fleet.app import create_app
+from fleet.settings import FleetSettings
+from tests.support.mosquitto import free_port
 
 
 @contextmanager
@@ -25,3 +31,19 @@ def serve_in_thread(app: FastAPI, port: int, timeout: float = 15.0) -> Iterator[
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def fleet_in_thread(folder: Path, publisher: Any = None, **overrides: Any) -> Iterator[tuple[FastAPI, str]]:
+    """A fleet on SQLite in ``folder``, served on a free loopback port, with its controller driven
+    by the test (``controller_interval_s=0``); yields the app and its base URL."""
+    port = free_port()
+    settings = FleetSettings(
+        db_url=f"sqlite:///{folder / 'fleet.db'}",
+        storage=str(folder / "store"),
+        # the URL the fleet writes into desired states is its own
+        **{"listen_port": port, "controller_interval_s": 0, **overrides},
+    )
+    app = create_app(settings, publisher=publisher if publisher is not None else (lambda *_: None))
+    with serve_in_thread(app, port) as url:
+        yield app, url

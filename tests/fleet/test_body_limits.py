@@ -14,12 +14,9 @@ import httpx
 import pytest
 
 from fleet import auth
-from fleet.app import create_app
 from fleet.context import FleetContext
-from fleet.settings import FleetSettings
 from tests.fleet.conftest import Published
-from tests.fleet.live_server import serve_in_thread
-from tests.support.mosquitto import free_port
+from tests.fleet.live_server import fleet_in_thread
 
 IDLE_S = 1.0
 
@@ -33,17 +30,12 @@ class Live:
 
 @contextmanager
 def serve(tmp_path: Path, **overrides: object) -> Iterator[Live]:
-    settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'fleet.db'}",
-        storage=str(tmp_path / "store"),
-        trust_keys=[tmp_path / "keys" / "signing.pub"],
-        controller_interval_s=0,
-        body_idle_timeout_s=IDLE_S,
-        **overrides,  # type: ignore[arg-type]
-    )
-    app = create_app(settings, publisher=Published())
-    port = free_port()
-    with serve_in_thread(app, port) as url:
+    keys = [tmp_path / "keys" / "signing.pub"]
+    with fleet_in_thread(tmp_path, Published(), trust_keys=keys, body_idle_timeout_s=IDLE_S, **overrides) as (
+        app,
+        url,
+    ):
+        port = int(url.rsplit(":", 1)[1])
         ctx: FleetContext = app.state.fleet
         with ctx.db.session() as s:
             admin = auth.create_token(s, "admin")

@@ -10,18 +10,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from fleet import auth
-from fleet.app import create_app
-from fleet.settings import FleetSettings
-from tests.fleet.live_server import serve_in_thread
-from tests.support.mosquitto import free_port
+from tests.fleet.live_server import fleet_in_thread
 
 
 def test_a_created_resource_is_readable_as_soon_as_the_answer_arrives(tmp_path: Path) -> None:
-    settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'f.db'}", storage=str(tmp_path / "s"), controller_interval_s=0
-    )
-    app = create_app(settings, publisher=lambda *_: None)
-    with serve_in_thread(app, free_port()) as base:
+    with fleet_in_thread(tmp_path) as (app, base):
         ctx = app.state.fleet
         with ctx.db.session() as s:
             admin = {"Authorization": f"Bearer {auth.create_token(s, 'admin')}"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,45 +9,25 @@ from pathlib import Path
 import pytest
 
 from fleet import auth
-from fleet.app import create_app
 from fleet.ingest import Ingest
-from fleet.settings import FleetSettings
 from sdk import keys
 from sdk.messages import ReportedModel, ReportedState, Status
 from sdk.topics import topic
 from tests.fleet import dashboard_fixtures
 from tests.fleet.conftest import LiveFleet, Published
 from tests.fleet.dashboard_fixtures import DashboardFleet
-from tests.fleet.live_server import serve_in_thread
-from tests.support.mosquitto import free_port
+from tests.fleet.live_server import fleet_in_thread
+from tests.support.browser import launch, needs_chromium, only_origin
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed"),
-]
+pytestmark = needs_chromium
 
 
 def test_dashboard_shows_devices_rollouts_and_health(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'f.db'}",
-        storage=str(tmp_path / "s"),
-        listen_port=port,
-        controller_interval_s=0,
-    )
-    app = create_app(settings, publisher=lambda *_: None)
-    with serve_in_thread(app, port):
+    with fleet_in_thread(tmp_path) as (app, base):
         ctx = app.state.fleet
+        settings = ctx.settings
         with ctx.db.session() as s:
             token = auth.create_token(s, "viewer")
         from fleet import devices
@@ -77,9 +56,9 @@ def test_dashboard_shows_devices_rollouts_and_health(tmp_path: Path) -> None:
             ]
         )
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = launch(p)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"{base}/")
             assert "enter an API token" in page.locator("#status").inner_text()
             page.fill("#token", token)
             page.click("#login button")
@@ -99,15 +78,9 @@ def test_dashboard_shows_devices_rollouts_and_health(tmp_path: Path) -> None:
 
 @pytest.fixture
 def dashboard_fleet(tmp_path: Path, signing_key: keys.Ed25519PrivateKey) -> Iterator[DashboardFleet]:
-    settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'fleet.db'}",
-        storage=str(tmp_path / "store"),
-        trust_keys=[tmp_path / "keys" / "signing.pub"],
-        controller_interval_s=0,  # the fixture drives the controller pass by pass
-    )
     published = Published()
-    app = create_app(settings, publisher=published)
-    with serve_in_thread(app, free_port()) as url:
+    # the fixture drives the controller pass by pass
+    with fleet_in_thread(tmp_path, published, trust_keys=[tmp_path / "keys" / "signing.pub"]) as (app, url):
         ctx = app.state.fleet
         with ctx.db.session() as s:
             token = auth.create_token(s, "admin", name="dashboard test")
@@ -119,30 +92,23 @@ def test_dashboard_pages_for_devices_rollouts_and_bundles(
 ) -> None:
     """Overview, device page (charts, events), rollout pages (waves, allowed actions) in Chromium:
     no console error, no request to another host; screenshots under tmp_path."""
-    from playwright.sync_api import ConsoleMessage, Route, sync_playwright
+    from playwright.sync_api import ConsoleMessage, sync_playwright
 
     fleet, base = dashboard_fleet, dashboard_fleet.live.url
     errors: list[str] = []
     elsewhere: list[str] = []
-
-    def only_the_fleet(route: Route) -> None:
-        if route.request.url.startswith(base + "/"):
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort()
 
     def console(msg: ConsoleMessage) -> None:
         if msg.type == "error":
             errors.append(msg.text)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("console", console)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("dialog", lambda dialog: dialog.accept())
-        page.route("**/*", only_the_fleet)
+        page.route("**/*", only_origin(base, elsewhere))
 
         # the link `make demo` prints: the token travels in the fragment and leaves the address bar
         page.goto(f"{base}/#token={fleet.live.admin_token}")

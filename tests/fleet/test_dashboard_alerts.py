@@ -2,42 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-import pytest
-
 from fleet import auth, devices
 from fleet.alerts.rules import Limits
-from fleet.app import create_app
 from fleet.ingest import Ingest
 from fleet.schemas import DeviceCreate
-from fleet.settings import FleetSettings
-from tests.fleet.live_server import serve_in_thread
+from tests.fleet.live_server import fleet_in_thread
 from tests.fleet.monitoring import Sender
-from tests.support.mosquitto import free_port
+from tests.support.browser import launch, needs_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed"),
-]
+pytestmark = needs_chromium
 
 
 def test_open_alerts_are_listed_as_text(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'f.db'}",
-        storage=str(tmp_path / "s"),
-        listen_port=port,
-        controller_interval_s=0,
-    )
-    app = create_app(settings, publisher=lambda *_: None)
-    with serve_in_thread(app, port):
+    with fleet_in_thread(tmp_path) as (app, base):
         ctx = app.state.fleet
+        settings = ctx.settings
         with ctx.db.session() as s:
             token = auth.create_token(s, "viewer")
             devices.register(s, DeviceCreate(device_id="cam-1", profile="x86-server"), settings, ctx.accounts)
@@ -48,9 +32,9 @@ def test_open_alerts_are_listed_as_text(tmp_path: Path) -> None:
             [(t, p, time.time()) for t, p in windows]
         )
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            browser = launch(p)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"{base}/")
             page.fill("#token", token)
             page.click("#login button")
             page.wait_for_selector("#alerts tr.alert-firing")

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urljoin
 
-import pytest
-
-from fleet.app import create_app
-from fleet.settings import FleetSettings
 from tests.fleet.conftest import Fleet
-from tests.fleet.live_server import serve_in_thread
-from tests.support.mosquitto import free_port
-
-CHROMIUM = "/usr/bin/chromium"
+from tests.fleet.live_server import fleet_in_thread
+from tests.support.browser import browser_test, launch, only_origin
 
 
 def test_docs_page_and_its_assets_come_from_the_fleet(fleet: Fleet) -> None:
@@ -37,32 +30,15 @@ def test_docs_page_and_its_assets_come_from_the_fleet(fleet: Fleet) -> None:
     assert fleet.client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
+@browser_test
 def test_docs_render_in_a_browser_that_can_reach_only_the_fleet(tmp_path: Path) -> None:
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'f.db'}", storage=str(tmp_path / "s"), controller_interval_s=0
-    )
-    app = create_app(settings, publisher=lambda *_: None)
     elsewhere: list[str] = []
-
-    def only_the_fleet(route: Route) -> None:
-        if route.request.url.startswith(base + "/"):
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort()
-
-    with serve_in_thread(app, port) as base, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"],
-        )
+    with fleet_in_thread(tmp_path) as (_app, base), sync_playwright() as p:
+        browser = launch(p)
         page = browser.new_page()
-        page.route("**/*", only_the_fleet)
+        page.route("**/*", only_origin(base, elsewhere))
         page.goto(f"{base}/docs")
         page.wait_for_selector(".opblock-summary-path[data-path='/api/v1/devices']", timeout=20000)
         assert page.locator(".opblock").count() >= 10

@@ -21,8 +21,7 @@ from fleet.app import create_app
 from fleet.settings import FleetSettings
 from sdk import keys
 from tests.fleet.conftest import Published
-from tests.fleet.live_server import serve_in_thread
-from tests.support.mosquitto import free_port
+from tests.fleet.live_server import fleet_in_thread
 
 # The document is built from the routes alone: create_app touches no database until it starts.
 SCHEMA = schemathesis.openapi.from_dict(create_app(FleetSettings(db_url="sqlite://")).openapi())
@@ -36,16 +35,7 @@ EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 8}
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     tmp: Path = tmp_path_factory.mktemp("fleet")
     keys.save_keypair(keys.generate_key(), tmp / "keys" / "signing")
-    app = create_app(
-        FleetSettings(
-            db_url=f"sqlite:///{tmp / 'fleet.db'}",
-            storage=str(tmp / "store"),
-            trust_keys=[tmp / "keys" / "signing.pub"],
-            controller_interval_s=0,
-        ),
-        publisher=Published(),
-    )
-    with serve_in_thread(app, free_port()) as url:
+    with fleet_in_thread(tmp, Published(), trust_keys=[tmp / "keys" / "signing.pub"]) as (app, url):
         with app.state.fleet.db.session() as s:
             token = auth.create_token(s, "admin")
         yield url, {"Authorization": f"Bearer {token}"}
