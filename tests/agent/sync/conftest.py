@@ -3,6 +3,7 @@ a fleet-side probe, signed bundles, and a factory for SyncService instances."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,24 @@ class World:
             telemetry_interval_s=interval,
             profile="x86-server",
         )
+
+    def serve_command(self, device_id: str, port: int, *extra: str) -> list[str]:
+        """``edge-agent serve`` for ``device_id`` on 127.0.0.1:``port``, its data in tmp/agent,
+        trusting the world's signing key (saved to tmp/signing), telemetry every 0.3 s."""
+        keys.save_keypair(self.key, self.tmp / "signing")
+        config = self.config(device_id)
+        flags = {
+            "--data-dir": self.tmp / "agent",
+            "--trust-key": self.tmp / "signing.pub",
+            "--listen": f"127.0.0.1:{port}",
+            "--fleet-url": config.fleet_url,
+            "--broker": config.broker_url,
+            "--device-id": device_id,
+            "--credentials": config.credentials_file,
+            "--telemetry-interval": "0.3",
+        }
+        edge_agent = str(Path(sys.executable).parent / "edge-agent")
+        return [edge_agent, "serve", *(str(x) for kv in flags.items() for x in kv), *extra]
 
     def signed(self, desired: Any, device_id: str = "dev-1", **kwargs: Any) -> Any:
         """``desired`` signed by the fleet key for ``device_id`` (see sdk.desired_auth)."""

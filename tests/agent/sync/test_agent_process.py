@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from sdk import keys, messages
+from sdk import messages
 from tests.agent.sync.support import desired_model, kill_9_and_expect_offline, reaped
 from tests.support.bundles import make_bundle
 from tests.support.mosquitto import free_port
@@ -26,26 +24,10 @@ def _infer(url: str) -> list[float]:
 
 
 def test_edge_agent_serve_converges_serves_through_an_outage_and_dies_offline(world) -> None:
-    keys.save_keypair(world.key, world.tmp / "signing")
     bundle = make_bundle(world.bundles, world.key, name="net", version="1.0")
-    config = world.config("dev-1", interval=0.3)
     port = free_port()
     agent_url = f"http://127.0.0.1:{port}"
-    flags = {
-        "--data-dir": world.tmp / "agent",
-        "--trust-key": world.tmp / "signing.pub",
-        "--listen": f"127.0.0.1:{port}",
-        "--fleet-url": config.fleet_url,
-        "--broker": config.broker_url,
-        "--device-id": "dev-1",
-        "--credentials": config.credentials_file,
-        "--telemetry-interval": "0.3",
-    }
-    command = [
-        str(Path(sys.executable).parent / "edge-agent"),
-        "serve",
-        *(str(x) for kv in flags.items() for x in kv),
-    ]
+    command = world.serve_command("dev-1", port)
     with (
         open(world.tmp / "agent.log", "wb") as log,
         reaped(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)) as proc,

@@ -5,9 +5,7 @@ MQTT payload and every /metrics line. Only aggregates over at least k samples do
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +13,6 @@ import numpy as np
 import pytest
 
 from agent.store import ModelStore
-from sdk import keys
 from sdk.agent_client import AgentClient
 from tests.agent.models import affine_bundle, regression_bundle
 from tests.agent.sync.support import reaped
@@ -52,29 +49,12 @@ def _last_quality(probe: Any, name: str) -> dict[str, Any]:
 
 
 def test_nothing_but_aggregates_over_k_samples_leaves_the_device(world) -> None:
-    keys.save_keypair(world.key, world.tmp / "signing")
     store = ModelStore(world.tmp / "agent", [world.key.public_key()])
     store.install(affine_bundle(world.tmp / "src", world.key))
     store.install(regression_bundle(world.tmp / "src", world.key))
-    config = world.config("dev-1")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    flags = {
-        "--data-dir": world.tmp / "agent",
-        "--trust-key": world.tmp / "signing.pub",
-        "--listen": f"127.0.0.1:{port}",
-        "--fleet-url": config.fleet_url,
-        "--broker": config.broker_url,
-        "--device-id": "dev-1",
-        "--credentials": config.credentials_file,
-        "--telemetry-interval": "0.3",
-        "--monitor-min-samples": str(K),
-    }
-    command = [
-        str(Path(sys.executable).parent / "edge-agent"),
-        "serve",
-        *(str(x) for kv in flags.items() for x in kv),
-    ]
+    command = world.serve_command("dev-1", port, "--monitor-min-samples", str(K))
     sent: list[np.ndarray] = []
     answered: list[np.ndarray] = []
     ids: list[str] = []
