@@ -60,9 +60,13 @@ def train_digits_cnn(epochs: int = 3, seed: int = 0) -> tuple[nn.Module, np.ndar
     """The trained model (in eval mode) and all the digits; only ``x[:TRAIN_COUNT]`` trained it."""
     torch.manual_seed(seed)
     x, y = digits_data()
-    model = DigitsCNN()
+    return fit(DigitsCNN(), x[:TRAIN_COUNT], y[:TRAIN_COUNT], epochs), x, y
+
+
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
+    """``model`` trained on (x, y) with Adam and cross-entropy in batches of 64; returned in eval mode."""
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    xt, yt = torch.from_numpy(x[:TRAIN_COUNT]), torch.from_numpy(y[:TRAIN_COUNT])
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
         perm = torch.randperm(len(xt))
         for i in range(0, len(xt), 64):
@@ -70,7 +74,7 @@ def train_digits_cnn(epochs: int = 3, seed: int = 0) -> tuple[nn.Module, np.ndar
             opt.zero_grad()
             nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
-    return model.eval(), x, y
+    return model.eval()
 
 
 def build_digits_model(out: Path, *, epochs: int = 5, seed: int = 0) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from torch import nn
 # The digits CNN is the demo's model: one definition, in scripts/ because the demo must not need
 # the test tree; re-exported here for the converter tests and bench/convert.py.
 from scripts.demo_model import DigitsCNN as DigitsCNN
+from scripts.demo_model import fit
 from scripts.demo_model import train_digits_cnn as train_digits_cnn
 
 
@@ -237,14 +238,4 @@ def small_digits(epochs: int = 4, seed: int = 0) -> tuple[nn.Module, np.ndarray,
     d = load_digits()
     x = np.kron((d.images / 16.0).astype(np.float32)[:, None], np.ones((1, 1, 2, 2), np.float32))
     y = d.target.astype(np.int64)
-    model = SmallDigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    xt, yt = torch.from_numpy(x[:1400]), torch.from_numpy(y[:1400])
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval(), x, y
+    return fit(SmallDigitsCNN(), x[:1400], y[:1400], epochs), x, y
