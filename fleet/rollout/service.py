@@ -76,6 +76,11 @@ def create(session: Session, data: RolloutCreate) -> Rollout:
         raise ConfigError(
             f"the selector asks for profile {sel.profile} but the bundle is for {bundle.profile}"
         )
+    if sel.profile and sel.device_ids is None:
+        # the operator asked for this profile's devices: others are not part of the rollout at all
+        # (without it they are listed as skipped, saying why). A device whose profile is unknown
+        # stays listed, skipped, so a registration that forgot the profile shows.
+        chosen = [d for d in chosen if d.profile in (sel.profile, None)]
     # A bundle runs only on its own profile: a device whose profile is unknown (registered without
     # one and never reported one) or another is not offered it, and the rollout says why.
     skipped = {d.id: device_registry.profile_mismatch(d, bundle.profile) for d in chosen}

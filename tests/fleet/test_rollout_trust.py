@@ -125,6 +125,16 @@ def test_only_devices_of_the_bundles_profile_are_offered_it(fleet: Fleet) -> Non
     assert {d for d, _m in fleet.published.messages} == {"x86-1"}
 
 
+def test_a_selector_naming_the_profile_leaves_other_profiles_out(fleet: Fleet) -> None:
+    register(fleet, "no-profile", None)
+    register(fleet, "jetson-1", "jetson")
+    register(fleet, "x86-1", "x86-server")
+    b = fleet.upload(version="2.0.0", profile="x86-server")
+    rid = create(fleet, b["id"], selector={"profile": "x86-server"})
+    seen = {d["device_id"]: d["state"] for d in rollout(fleet, rid)["devices"]}
+    assert seen == {"no-profile": "skipped", "x86-1": "pending"}
+
+
 def test_a_selector_with_no_device_of_the_profile_is_refused(fleet: Fleet) -> None:
     register(fleet, "no-profile", None)
     b = fleet.upload(version="2.0.0", profile="x86-server")
