@@ -134,6 +134,49 @@ class FleetClient:
     def rollback(self, rollout_id: str) -> dict[str, Any]:
         return self._call("POST", f"/rollouts/{rollout_id}/rollback")
 
+    def device_telemetry(
+        self, device_id: str, window_s: float = 3600.0, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """The device's telemetry samples of the last ``window_s`` seconds, oldest first."""
+        return self._call(
+            "GET", f"/devices/{device_id}/telemetry", params={"window_s": window_s, "limit": limit}
+        )
+
+    # -------------------------------------------------------------------------- alerts
+
+    def alerts(
+        self,
+        *,
+        state: str | None = None,
+        rule: str | None = None,
+        device_id: str | None = None,
+        model: str | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        """Alerts, newest first; ``state`` is pending, firing, resolved or open (pending and firing)."""
+        params = {"state": state, "rule": rule, "device_id": device_id, "model": model, "limit": limit}
+        return self._call("GET", "/alerts", params={k: v for k, v in params.items() if v is not None})
+
+    def alert_policies(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/alerts/policies")
+
+    def set_alert_policy(
+        self,
+        name: str,
+        thresholds: dict[str, Any],
+        *,
+        labels: dict[str, str] | None = None,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace the thresholds for the devices whose labels include ``labels`` (and ``model``)."""
+        selector: dict[str, Any] = {"labels": labels or {}, "model": model}
+        return self._call(
+            "PUT", f"/alerts/policies/{name}", json={"selector": selector, "thresholds": thresholds}
+        )
+
+    def delete_alert_policy(self, name: str) -> None:
+        self._call("DELETE", f"/alerts/policies/{name}")
+
     # -------------------------------------------------------------------------- tokens, audit
 
     def tokens(self, *, device_id: str | None = None, include_revoked: bool = True) -> list[dict[str, Any]]:

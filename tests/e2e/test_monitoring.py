@@ -140,12 +140,8 @@ def deploy(stack: Stack) -> Iterator[Callable[[str], Agent]]:
 # ------------------------------------------------------------------------------------- reading
 
 
-def alerts(stack: Stack, **query: str) -> list[dict[str, Any]]:
-    return stack.client._call("GET", "/alerts", params=query)  # no SDK wrapper for alerts yet
-
-
 def firing(stack: Stack, device_id: str, rule: str) -> dict[str, Any] | None:
-    found = [a for a in alerts(stack, device_id=device_id, rule=rule) if a["state"] == "firing"]
+    found = [a for a in stack.client.alerts(device_id=device_id, rule=rule) if a["state"] == "firing"]
     return found[0] if found else None
 
 
@@ -212,7 +208,7 @@ def test_shifted_inputs_raise_a_drift_alert_within_three_windows(
         for w in calm:
             assert w.model is not None and w.model["drift"]["input:x"] < 0.25, w.model
         assert any(w.model and (w.model.get("quality") or {}).get("estimated_accuracy") for w in calm)
-        assert alerts(stack, device_id=device) == []
+        assert stack.client.alerts(device_id=device) == []
 
         # the in-distribution traffic leaves the windows from here on: two messages without it
         quiet = last_seq(stack, device)
@@ -232,7 +228,7 @@ def test_shifted_inputs_raise_a_drift_alert_within_three_windows(
     ]
     assert 2 <= len(shifted) <= 3, [(w.seq, w.model) for w in shifted]
     # only the inputs moved: no accuracy or bias alert came with it
-    assert {a["rule"] for a in alerts(stack, device_id=device)} == {"drift"}
+    assert {a["rule"] for a in stack.client.alerts(device_id=device)} == {"drift"}
 
 
 def test_wrong_labels_fed_back_raise_an_accuracy_alert(stack: Stack, deploy: Callable[[str], Agent]) -> None:
@@ -268,7 +264,7 @@ def test_wrong_labels_fed_back_raise_an_accuracy_alert(stack: Stack, deploy: Cal
 
         wait_until(lambda: len(measured()) >= 2, 15, "two windows with measured accuracy")
         assert measured()[-1] == 1.0
-        assert alerts(stack, device_id=device) == []
+        assert stack.client.alerts(device_id=device) == []
 
         # then 960 rows labelled wrong: the window's accuracy falls to 320 / 1280
         wrong = labelled_batches("wrong", 15, wrong=True)
