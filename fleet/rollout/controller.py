@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -95,6 +95,20 @@ def _serves_shadow(device: Device, rd: RolloutDevice, bundle: Bundle) -> bool:
         and (m.get("active_version") or m.get("version")) == bundle.version
         for m in device.reported_models
     )
+
+
+class _Pass(NamedTuple):
+    """What one controller pass knows of one running rollout."""
+
+    s: Session
+    rollout: Rollout
+    bundle: Bundle
+    gates: Gates
+    #: the rollout's devices in flight
+    live: list[RolloutDevice]
+    devices: dict[str, Device]
+    now: float
+    outbox: service.Outbox
 
 
 class RolloutController:
@@ -218,7 +232,7 @@ class RolloutController:
             d.id: d for d in s.scalars(select(Device).where(Device.id.in_([rd.device_id for rd in live])))
         }
 
-        self._observe(s, rollout, bundle, gates, live, devices, now, outbox)
+        self._observe(_Pass(s, rollout, bundle, gates, live, devices, now, outbox))
 
         started = [rd for rd in rds if rd.state not in (DeviceState.PENDING.value, DeviceState.SKIPPED.value)]
         failed = [rd for rd in started if rd.state == DeviceState.FAILED.value]
@@ -243,18 +257,9 @@ class RolloutController:
             )
             log.info("rollout %s complete", rollout.id)
 
-    def _observe(
-        self,
-        s: Session,
-        rollout: Rollout,
-        bundle: Bundle,
-        gates: Gates,
-        live: list[RolloutDevice],
-        devices: dict[str, Device],
-        now: float,
-        outbox: service.Outbox,
-    ) -> None:
-        self._observe_shadows(s, rollout, bundle, gates, live, devices, now, outbox)
+    def _observe(self, p: _Pass) -> None:
+        s, rollout, bundle, gates, live, devices, now, outbox = p
+        self._observe_shadows(p)
         updating = [rd for rd in live if rd.state == DeviceState.UPDATING.value]
         failures = self._failure_events(s, bundle, updating)
         for rd in updating:
@@ -298,17 +303,8 @@ class RolloutController:
             if verdict.passed and now - (rd.active_at or now) >= gates.bake_s:
                 service.fire(rd, DeviceEvent.BAKED)
 
-    def _observe_shadows(
-        self,
-        s: Session,
-        rollout: Rollout,
-        bundle: Bundle,
-        gates: Gates,
-        live: list[RolloutDevice],
-        devices: dict[str, Device],
-        now: float,
-        outbox: service.Outbox,
-    ) -> None:
+    def _observe_shadows(self, p: _Pass) -> None:
+        s, rollout, bundle, gates, live, devices, now, outbox = p
         """Promote each shadowing device whose own shadow figures pass the gate; fail the others."""
         shadowing = [rd for rd in live if rd.state == DeviceState.SHADOWING.value]
         if not shadowing or gates.shadow is None:
