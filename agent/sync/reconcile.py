@@ -48,6 +48,11 @@ from sdk.keys import Ed25519PublicKey
 log = logging.getLogger(__name__)
 
 
+def _replaced(previous: str | None) -> str:
+    """An activation event's reason: what it replaced."""
+    return f"previous version {previous}" if previous else "first version of this model on the device"
+
+
 def record_key(model: messages.DesiredModel) -> str:
     """The journal key of a desired model: its name, or ``<name>~shadow`` for a shadow version."""
     return f"{model.name}~shadow" if model.shadow else model.name
@@ -350,7 +355,7 @@ class Reconciler:
         record.previous_version = installed.previous_version
         record.error = None
         self._event("verify", revision, model, reason="signature, hashes and smoke test passed")
-        self._event("activate", revision, model, reason=f"previous version {installed.previous_version}")
+        self._event("activate", revision, model, reason=_replaced(installed.previous_version))
         return Event.SUCCEEDED
 
     def _install_shadow(
@@ -396,7 +401,7 @@ class Reconciler:
         record.previous_version = result.previous_version
         record.error = None
         kind: messages.EventKind = "rollback" if rolling_back else "activate"
-        self._event(kind, revision, model, reason=f"previous version {result.previous_version}")
+        self._event(kind, revision, model, reason=_replaced(result.previous_version))
         return Event.SUCCEEDED
 
     def _failed(

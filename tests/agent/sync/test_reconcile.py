@@ -37,8 +37,9 @@ def test_reconciles_to_retained_desired_on_connect(world) -> None:
     assert _active("net", "1.0")(reported)
     assert reported["agent_version"] and reported["profile"] == "x86-server"
     assert reported.get("last_error") is None
-    kinds = [e.json()["kind"] for e in world.probe.on("events", "dev-1")]
-    assert kinds == ["download", "verify", "activate"]
+    events = [e.json() for e in world.probe.on("events", "dev-1")]
+    assert [e["kind"] for e in events] == ["download", "verify", "activate"]
+    assert events[-1]["reason"] == "first version of this model on the device"
     # the token went to the fleet with the download
     assert world.server.requests[-1][1]["Authorization"] == "Bearer device-token-1"
     status = world.probe.on("status", "dev-1")
