@@ -4,7 +4,9 @@ On CPUs without int8 dot-product instructions quantization shrinks a model but r
 up; doing less work does. The steps, each recorded with its numbers:
 
 1. **prune**: a share of every prunable layer's output channels goes (smallest L1 norm first, with
-   the matching input channels of the layer that reads them; :func:`converter.pruning.structured`);
+   the matching input channels of every layer that reads them; channels that meet at a residual
+   ``Add`` go from all their producers at once, concatenated branches each on their own, split
+   sizes follow: :func:`converter.pruning.structured`);
 2. **recover**: the pruned graph, interpreted with torch (:mod:`converter.onnx_torch`), learns the
    unpruned source's outputs on the calibration inputs (:mod:`converter.kd`; labels help when
    given) for as many epochs as the step's share of the time budget allows, and the trained
