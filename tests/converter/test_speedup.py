@@ -125,7 +125,10 @@ def test_small_digits_cnn_is_pruned_and_recovered_at_the_bar(tmp_path: Path, key
 @pytest.mark.slow
 def test_digits_cnn_reaches_the_speedup_at_the_bar(tmp_path: Path, key: Path) -> None:
     """The demo's digits CNN (32x32): at least 1.6x the source's host speed (the converter's own
-    interleaved measurement against the source) at argmax agreement 0.98 on 397 held-out digits."""
+    interleaved measurement against the source) at argmax agreement 0.98 on 397 held-out digits.
+    Slow (~100-230 s): with a shorter budget distillation gets too few epochs per step to recover
+    0.98 beyond the first cut (measured: 1.36x from pruning at --budget 75). Pruning alone measured
+    2.68x on an idle host but 1.40x on a busy one (fewer epochs per step), so it is held to 1.3x."""
     model, x, y = models.train_digits_cnn()
     manifest = _digits_speedup(tmp_path, key, model, x, y, calibration=1000, budget=400)
     latency = manifest["metrics"]["latency_ms"]
