@@ -125,7 +125,9 @@ class ChannelGroups:
         self.tags: dict[int, set[str]] = {}
         for node in graph.node:
             self._visit(node)
-        for name in self.outputs:
+        # graph outputs, and tensors a subgraph (If, Loop, Scan) reads from the outer scope: the
+        # walk does not see those readers, so their channels stay
+        for name in self.outputs | _subgraph_reads(graph):
             self._freeze(self.layouts.get(name))
 
     # -- union-find over channel elements --------------------------------------------------------
@@ -361,22 +363,10 @@ class ChannelGroups:
         self.layouts[node.output[0]] = Layout(np.arange(base, base + channels), axis, rank)
 
     # -- the cut -------------------------------------------------------------------------------------
-    def prunable(self) -> int:
-        """Output channels of the producers that may be pruned (not behind a barrier)."""
-        frozen = {self.find(e) for e in self.frozen}
-        return sum(
-            1
-            for p in self.producers
-            for e in range(p.base, p.base + p.channels)
-            if self.find(e) not in frozen
-        )
-
     def prune(self, amount: float, multiple: int) -> tuple[int, int]:
         """Remove ``amount`` of each kind of class (smallest summed L1 norm first); returns
         (prunable channels, channels removed)."""
-        from converter.pruning import _kept
-
-        keep = self._choose(amount, multiple, _kept)
+        keep = self._choose(amount, multiple)
         kept = np.zeros(len(self.parent), bool)
         for e in range(len(self.parent)):
             kept[e] = keep.get(self.find(e), True)
@@ -401,7 +391,7 @@ class ChannelGroups:
             self.model.graph.initializer.extend(kept_inits)
         return total, removed
 
-    def _choose(self, amount: float, multiple: int, kept_n: Any) -> dict[int, bool]:
+    def _choose(self, amount: float, multiple: int) -> dict[int, bool]:
         """root -> kept, for every class not behind a barrier."""
         frozen = {self.find(e) for e in self.frozen}
         importance: dict[int, float] = {}
@@ -427,7 +417,7 @@ class ChannelGroups:
             kinds.setdefault(frozenset(tags), []).append(root)
         keep: dict[int, bool] = {}
         for roots in kinds.values():
-            n = kept_n(len(roots), amount, multiple)
+            n = kept_count(len(roots), amount, multiple)
             order = sorted(roots, key=lambda r: (-importance[r], r))
             keep.update({r: i < n for i, r in enumerate(order)})
         return keep
@@ -435,7 +425,8 @@ class ChannelGroups:
     def _apply(self, edit: Edit, kept: np.ndarray) -> None:
         node = edit.node
         if edit.what == "split":
-            self._resize_split(node, [int(kept[p].sum()) for p in edit.parts])
+            if not all(kept[p].all() for p in edit.parts):
+                self._resize_split(node, [int(kept[p].sum()) for p in edit.parts])
             return
         mask = kept[edit.ids]
         if mask.all():
@@ -503,6 +494,15 @@ class ChannelGroups:
         self.model.graph.initializer.append(tensor)
 
 
+def kept_count(channels: int, amount: float, multiple: int) -> int:
+    """How many of ``channels`` stay when ``amount`` of them go: at least one, and a multiple of
+    ``multiple`` when there are at least twice that many."""
+    keep_n = max(1, round(channels * (1 - amount)))
+    if multiple > 1 and channels >= 2 * multiple:
+        keep_n = min(channels, max(multiple, round(keep_n / multiple) * multiple))
+    return keep_n
+
+
 def _nchw(layout: Layout) -> bool:
     return layout.rank is not None and layout.rank >= 3 and layout.axis == 1 - layout.rank
 
@@ -516,6 +516,17 @@ def _channel_axis_of(value: np.ndarray, axis: int, n: int) -> int | None:
     if any(s != 1 for i, s in enumerate(value.shape) if i != pos):
         return None
     return pos
+
+
+def _subgraph_reads(graph: Any) -> set[str]:
+    """Names the nodes of every subgraph of ``graph`` read (at any depth)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                names.update(i for n in sub.node for i in n.input)
+                names |= _subgraph_reads(sub)
+    return names
 
 
 def _attr(node: Any, name: str, default: int) -> int:

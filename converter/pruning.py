@@ -155,10 +155,3 @@ def untie(model: Any) -> int:
             node.input[pos] = copy
             copies += 1
     return copies
-
-
-def _kept(channels: int, amount: float, multiple: int) -> int:
-    keep_n = max(1, round(channels * (1 - amount)))
-    if multiple > 1 and channels >= 2 * multiple:
-        keep_n = min(channels, max(multiple, round(keep_n / multiple) * multiple))
-    return keep_n

@@ -374,3 +374,21 @@ def test_the_exported_detector_is_pruned_through_its_groups(tmp_path: Path) -> N
 def _out_channels(model: onnx.ModelProto) -> dict[str, int]:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     return {n.name: inits[n.input[1]].shape[0] for n in model.graph.node if n.op_type == "Conv"}
+
+
+def test_channels_a_subgraph_reads_from_the_outer_scope_are_kept() -> None:
+    """An If branch reads a's output by name: the walk does not see that reader, so a stays whole."""
+    rng = np.random.default_rng(0)
+    a, ia = _biased_conv("a", 8, 16, rng, "x")
+    c, ic = _biased_conv("c", 16, 4, rng, "a", k=1)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["from_a"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("from_a", TensorProto.FLOAT, None)],
+    )
+    flag = numpy_helper.from_array(np.array(True), "flag")
+    cond = helper.make_node("If", ["flag"], ["picked"], then_branch=branch, else_branch=branch)
+    model = _graph([a, c, cond], [*ia, *ic, flag], "c")
+    model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, None))
+    assert pruning.structured(model, 0.5).weights == 0
