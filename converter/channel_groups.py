@@ -389,6 +389,12 @@ class ChannelGroups:
             kept_inits = [i for i in self.model.graph.initializer if i.name not in orphans]
             del self.model.graph.initializer[:]
             self.model.graph.initializer.extend(kept_inits)
+        log.debug(
+            "structured pruning: %d of %d producer channels prunable, %d removed",
+            total,
+            sum(p.channels for p in self.producers),
+            removed,
+        )
         return total, removed
 
     def _choose(self, amount: float, multiple: int) -> dict[int, bool]:
