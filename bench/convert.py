@@ -207,6 +207,8 @@ def bench(case: Case, d: Path, key: Path, budget: float, speedup: float | None =
         path, config, child, made = _edgefleet(case, d / label.replace(" ", "_"), key, budget, extra)
         variants[label] = (path, config, child)
         manifest[label] = made
+        if extra:
+            NOTES.extend(_curve(case.name, made))
     sessions = {k: make_session(path, 2, cfg) for k, (path, cfg, _) in variants.items()}
     sessions[AGAIN] = make_session(case.onnx, 2)  # the A/A pair: the run's own noise
     reference = outputs_over(sessions["source fp32"], ev)
@@ -236,6 +238,27 @@ def bench(case: Case, d: Path, key: Path, budget: float, speedup: float | None =
             ]
         )
     return rows
+
+
+#: lines printed under the table: the converter's own step-by-step --speedup curve.
+NOTES: list[str] = []
+
+
+def _curve(name: str, manifest: dict[str, object]) -> list[str]:
+    """The speedup decision and each step as the converter measured them (its interleaved race
+    against the source, on this host, during the conversion)."""
+    decisions = [d for d in manifest["decisions"] if d["step"] == "speedup"]  # type: ignore[attr-defined, index]
+    if not decisions:
+        return [f"{name}: no speedup decision"]
+    chosen = decisions[0]
+    lines = [f"{name} --speedup: {chosen['choice']} ({chosen['reason']})"]
+    for p in chosen.get("measured", {}).get("curve", []):
+        lines.append(
+            f"  step {p['pruning_step']}: {p['channels_kept']}/{p['channels_total']} channels,"
+            f" {p['speedup']:.2f}x, fidelity {p['fidelity']:.5f} ({p['fidelity_after_pruning']:.5f} pruned),"
+            f" {'meets' if p['meets_bar'] else 'below'} the bar, {p['epochs']} epochs, {p['seconds']:.0f} s"
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------ LiteRT (coral), issue 11
@@ -353,6 +376,8 @@ def main() -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    for line in NOTES:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ On CPUs without int8 dot-product instructions quantization shrinks a model but r
 up; doing less work does. The steps, each recorded with its numbers:
 
 1. **prune**: a share of every prunable layer's output channels goes (smallest L1 norm first, with
-   the matching input channels of the layer that reads them; :func:`converter.pruning.structured`);
+   the matching input channels of every layer that reads them; channels that meet at a residual
+   ``Add`` go from all their producers at once, concatenated branches each on their own, split
+   sizes follow: :func:`converter.pruning.structured`);
 2. **recover**: the pruned graph, interpreted with torch (:mod:`converter.onnx_torch`), learns the
    unpruned source's outputs on the calibration inputs (:mod:`converter.kd`; labels help when
    given) for as many epochs as the step's share of the time budget allows, and the trained
@@ -328,7 +330,7 @@ class _Loop:
         import onnx
 
         kept = _prunable_channels(pruned)
-        before = self._fidelity(pruned, step, "pruned")
+        before = self._judged(pruned, step, "pruned").score()
         progress.candidate(f"step {step}: {kept}/{total} channels, fidelity {before:.3f} before recovery")
         module = onnx_torch.to_torch(pruned)
         batch = self._batch(module)
@@ -345,12 +347,22 @@ class _Loop:
             deadline=time.monotonic() + share,
             epoch_done=lambda e, n, _loss: report(e, n),
         )
+        cut = type(pruned)()
+        cut.CopyFrom(pruned)
         onnx_torch.write_back(module.cpu(), pruned)
         path = self.ctx.path(f"speedup-step{step}.onnx")
         onnx.save_model(pruned, str(path))
         cand = Candidate(f"speedup-step{step}", path, "fp32", f"step {step}: {kept} of {total} channels")
         meets = self.judge.check(cand)
         assert cand.fidelity is not None
+        if cand.score() < before:
+            # distillation made it worse (too few samples to generalise from): the cut as it was
+            # stands, and the next step starts from it
+            log.info("speedup step %d: distillation lowered fidelity; the untrained cut is kept", step)
+            pruned.CopyFrom(cut)
+            onnx.save_model(pruned, str(path))
+            cand = Candidate(cand.name, path, "fp32", cand.description)
+            meets = self.judge.check(cand)
         latency = race(
             self.ctx.source_onnx,  # type: ignore[arg-type]
             [cand],
@@ -385,14 +397,14 @@ class _Loop:
         fit = memory.active().share(TRAIN_MEMORY_SHARE) // max(per_sample, 1)
         return max(1, min(BATCH, fit))
 
-    def _fidelity(self, proto: Any, step: int, tag: str) -> float:
+    def _judged(self, proto: Any, step: int, tag: str) -> Candidate:
         import onnx
 
         path = self.ctx.path(f"speedup-step{step}-{tag}.onnx")
         onnx.save_model(proto, str(path))
         cand = Candidate(path.stem, path, "fp32", tag)
         self.judge.check(cand)
-        return cand.score()
+        return cand
 
 
 def _plateau(points: list[Point]) -> bool:

@@ -19,14 +19,14 @@ from tests.converter import models
 from tests.converter.conftest import edge_convert
 
 
-def _profile(folder: Path, **bar: float) -> Path:
+def _profile(folder: Path, quantize: bool = True, **bar: float) -> Path:
     """x86-server with the single static int8 pass instead of the measured search (fast), keeping
-    its prune step, at the given fidelity bar."""
+    its prune step, at the given fidelity bar; without ``quantize`` the pruned fp32 model ships."""
     data = yaml.safe_load(available_profiles()["x86-server"].read_text(encoding="utf-8"))
     data["name"] = "cpu-speedup-test"
     data["quantization"]["scheme"] = "int8-static"
     data["quantization"].update(bar)
-    data["passes"] = ["export", "cleanup", "prune", "int8-static", "validate"]
+    data["passes"] = ["export", "cleanup", "prune", *(["int8-static"] if quantize else []), "validate"]
     path = folder / "profile.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
@@ -125,7 +125,10 @@ def test_small_digits_cnn_is_pruned_and_recovered_at_the_bar(tmp_path: Path, key
 @pytest.mark.slow
 def test_digits_cnn_reaches_the_speedup_at_the_bar(tmp_path: Path, key: Path) -> None:
     """The demo's digits CNN (32x32): at least 1.6x the source's host speed (the converter's own
-    interleaved measurement against the source) at argmax agreement 0.98 on 397 held-out digits."""
+    interleaved measurement against the source) at argmax agreement 0.98 on 397 held-out digits.
+    Slow (~100-230 s): with a shorter budget distillation gets too few epochs per step to recover
+    0.98 beyond the first cut (measured: 1.36x from pruning at --budget 75). Pruning alone measured
+    2.68x on an idle host but 1.40x on a busy one (fewer epochs per step), so it is held to 1.3x."""
     model, x, y = models.train_digits_cnn()
     manifest = _digits_speedup(tmp_path, key, model, x, y, calibration=1000, budget=400)
     latency = manifest["metrics"]["latency_ms"]
@@ -134,13 +137,22 @@ def test_digits_cnn_reaches_the_speedup_at_the_bar(tmp_path: Path, key: Path) ->
 
 
 def test_detector_keeps_boxes_within_the_bar(tmp_path: Path, key: Path) -> None:
+    """The YOLO-style detector (Conv, SiLU, split, residual adds, concat) converted from its ONNX
+    export (the PyTorch source is not used): the pruned steps cut the convolutions whose channels
+    meet at residual sums and concatenations too, and the shipped model (fp32 here, so it is the
+    pruned one itself) keeps the box outputs within the bar. At 64x64 a call takes ~0.3 ms, much of
+    it ONNX Runtime's per-call cost: the speed is reported by bench/convert.py, not asserted."""
+    import onnx
+
+    from sdk.bundle import extract_bundle
+
     det = models.tiny_detector(width=16)
     x = models.detector_images(96, 64, seed=3).numpy()
     onnx_path = models.export(det, (torch.from_numpy(x[:1]),), tmp_path / "det.onnx", ["images"])
     np.savez(tmp_path / "unlabeled.npz", images=x)
     manifest = _convert(
         onnx_path,
-        _profile(tmp_path),
+        _profile(tmp_path, quantize=False),
         tmp_path,
         "--speedup",
         "1.5",
@@ -160,8 +172,29 @@ def test_detector_keeps_boxes_within_the_bar(tmp_path: Path, key: Path) -> None:
     assert curve and all(p["fidelity"] <= 1.0 for p in curve)
     assert any(p["meets_bar"] and p["channels_kept"] < p["channels_total"] for p in curve), curve
     assert "held out from distillation" in chosen["measured"]["held_out"]
+    before = _conv_channels(onnx.load(str(onnx_path)))
+    # every Conv may be pruned but the two heads (12 outputs each), which feed a Reshape
+    assert curve[0]["channels_total"] == sum(before.values()) - 2 * 12
+    (bundle,) = (tmp_path / "out").glob("*.efb")
+    extract_bundle(bundle, tmp_path / "bundle")
+    after = _conv_channels(onnx.load(str(tmp_path / "bundle" / "model.onnx")))
+    assert fid["max_abs_error"] > 0 and sum(after.values()) < sum(before.values())  # the pruned model shipped
+    # the 1x1 convolutions split into a C2f block's halves, one of them a residual's partner
+    split_convs = [n for n in before if n.endswith("/cv1/cv1.0/Conv")]
+    assert len(split_convs) == 4 and any(after[n] < before[n] for n in split_convs), (before, after)
     report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "latency against fidelity, step by step" in report
+
+
+def _conv_channels(model: Any) -> dict[str, int]:
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    return {
+        n.name: numpy_helper.to_array(inits[n.input[1]]).shape[0]
+        for n in model.graph.node
+        if n.op_type == "Conv" and n.input[1] in inits
+    }
 
 
 def test_ops_the_interpretation_cannot_run_are_named_and_the_step_skipped(tmp_path: Path, key: Path) -> None:
