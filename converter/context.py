@@ -90,6 +90,9 @@ class PassContext:
     decisions: list[Decision] = field(default_factory=list)
     #: the quantization search's acceptable candidates, most preferred first (the chosen one first).
     alternatives: list[Alternative] = field(default_factory=list)
+    #: models an earlier pass measured at the bar that validation may ship when everything made
+    #: from them misses it, before it falls back to the source graph (the --speedup step it chose).
+    fallbacks: list[Alternative] = field(default_factory=list)
     findings: Findings = field(default_factory=Findings)
     started: float = field(default_factory=time.monotonic)
 

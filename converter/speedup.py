@@ -37,7 +37,7 @@ import numpy as np
 from converter import kd, memory, onnx_torch, progress, pruning
 from converter.calibration import Dataset
 from converter.candidates import SOURCE, Candidate, Judge, race
-from converter.context import PassContext
+from converter.context import Alternative, PassContext
 from converter.errors import first_line
 from converter.measure import batch_size_for
 from converter.model import ModelArtifact
@@ -183,6 +183,16 @@ def run_speedup(model: ModelArtifact, ctx: PassContext, target: float) -> ModelA
         )
     # the pruned model follows the source, not itself: candidates made from it are judged against the source.
     ctx.reference_onnx = ctx.source_onnx
+    # if every quantized model made from it misses the bar, validation ships this one, not the source
+    ctx.fallbacks.append(
+        Alternative(
+            f"pruned-step-{best.step}",
+            best.path,
+            "fp32",
+            dict(model.session_config),
+            f"the --speedup step {best.step} model ({best.speedup:.2f}x, fp32)",
+        )
+    )
     return model.with_onnx(best.path)
 
 

@@ -185,7 +185,8 @@ def _first_acceptable(
 
 
 def _options(model: ModelArtifact, ctx: PassContext, config: Config) -> list[Candidate]:
-    """The converted model, the search's accepted candidates after it, then the source graph."""
+    """The converted model, the search's accepted candidates after it, an earlier pass's fallbacks
+    (the --speedup model), then the source graph."""
     assert model.onnx_path is not None and ctx.source_onnx is not None
     alternatives = ctx.alternatives
     paths = [a.path for a in alternatives]
@@ -200,6 +201,11 @@ def _options(model: ModelArtifact, ctx: PassContext, config: Config) -> list[Can
     )
     fitting = [a for a in alternatives[after:] if a.path.stat().st_size <= _limit(config)]
     chain = [first, *fitting[:MAX_FALLBACKS]]
+    chain += [
+        a
+        for a in ctx.fallbacks
+        if all(a.path != c.path for c in chain) and a.path.stat().st_size <= _limit(config)
+    ]
     if all(a.path != ctx.source_onnx for a in chain) and ctx.source_onnx.stat().st_size <= _limit(config):
         chain.append(
             Alternative(SOURCE_GRAPH, ctx.source_onnx, "fp32", {}, "the source graph (always meets the bar)")

@@ -76,3 +76,30 @@ def test_when_the_source_does_not_fit_either_the_conversion_stops_with_one_line(
     assert "cosine" in message and "below the bar 0.999 by" in message
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir())  # no bundle written
+
+
+def test_a_speedup_model_is_the_fallback_before_the_source(tmp_path: Path) -> None:
+    """When everything quantized from the --speedup model misses the bar, validation tries that
+    pruned model (it met the bar when it was chosen) before it falls back to the unpruned source."""
+    from types import SimpleNamespace
+
+    from converter.context import Alternative
+    from converter.passes import validate
+
+    files = {}
+    for name in ("source", "pruned", "quantized"):
+        files[name] = tmp_path / f"{name}.onnx"
+        files[name].write_bytes(b"x" * 100)
+    ctx = SimpleNamespace(
+        alternatives=[],
+        fallbacks=[Alternative("pruned-step-2", files["pruned"], "fp32", {}, "the --speedup step 2 model")],
+        source_onnx=files["source"],
+        profile=SimpleNamespace(passes=["export", "cleanup", "prune", "int8-static", "validate"]),
+    )
+    model = SimpleNamespace(onnx_path=files["quantized"], precision="int8", session_config={})
+    chain = validate._options(model, ctx, validate.Config(max_model_mb=1))  # type: ignore[arg-type]
+    assert [c.name for c in chain] == ["int8-static", "pruned-step-2", "source-graph"]
+    # a fallback too big for the profile is not offered
+    small = validate.Config(max_model_mb=50 / 1024 / 1024)
+    files["pruned"].write_bytes(b"x" * 60)
+    assert "pruned-step-2" not in [c.name for c in validate._options(model, ctx, small)]  # type: ignore[arg-type]
