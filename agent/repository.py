@@ -249,7 +249,6 @@ class ModelRepository:
         runtime, manifest = opened.runtime, opened.runtime.manifest
         drift = DriftTracker(manifest.reference)
         stats = self.book.for_version(name, version, drift)
-        output_names = [o.name for o in manifest.outputs]
 
         def run(inputs: dict[str, np.ndarray], names: list[str] | None) -> dict[str, np.ndarray]:
             outputs = runtime.run(inputs, names)
@@ -281,12 +280,6 @@ class ModelRepository:
             monitor=monitor,
             window=window,
         )
-        # Warm up so the first real request does not pay for lazy allocations.
-        if manifest.smoke is not None:
-            try:
-                runtime.run({n: t.to_numpy() for n, t in manifest.smoke.inputs.items()}, output_names)
-            except EdgeError as exc:
-                log.warning("warm-up of %s %s failed: %s", name, version, exc)
         self.metrics.load.labels(name, version).observe(time.perf_counter() - started + earlier_s)
         return model
 

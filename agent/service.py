@@ -222,8 +222,11 @@ def run_forever(settings: AgentSettings) -> None:
     # What start-up built lives as long as the process: keep it out of the cyclic collector, whose
     # full passes over it took 20-40 ms each on the bench machine (none ran during the bench's
     # load, but one would be a p99 spike). Only here, where the agent owns the process; a test
-    # process starts many agents and must collect them.
+    # process starts many agents and must collect them. ``edge-agent serve`` starts with the
+    # collector off (agent.cli): it comes back on here, for what serving allocates. The ~850
+    # objects start-up left unreachable stay frozen (a collection now would cost tens of ms).
     gc.freeze()
+    gc.enable()
     log.info(
         "edge-agent serving %s on %s",
         ", ".join(f"{n} {v}" for n, v in service.store.active_versions().items()) or "no models",
