@@ -9,16 +9,15 @@ thread for tests and the bench.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from agent.preload import Preloader
+from agent.priority import lowest_priority
 from agent.settings import AgentSettings
 from agent.store import ModelStore
 from sdk.errors import ConfigError
@@ -179,8 +178,7 @@ class AgentService:
         # let requests go first (a thread's nice value is its own on Linux).
         while not self._server.started and not self._stop.wait(0.01):
             pass
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        lowest_priority()
         try:
             self.store.verify_active(full=True)
             self.store.poll_changes()

@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,6 +66,20 @@ class UnauthorizedError(ProtocolError):
 
 class _ClientGone(Exception):
     pass
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable: Awaitable[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        """``await awaitable`` or TimeoutError after ``seconds``. asyncio.timeout, not wait_for:
+        wait_for wraps the receive in a task of its own, ~20 us per request body."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(awaitable: Awaitable[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        return await asyncio.wait_for(awaitable, seconds)
 
 
 def _json(status: int, doc: dict[str, Any]) -> Reply:
@@ -274,7 +289,7 @@ class AgentApp:
     @staticmethod
     async def _next_chunk(receive: Receive) -> tuple[bytes, bool]:
         try:
-            message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
+            message = await _within(receive(), BODY_IDLE_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise BodyTimeoutError(f"no request body data for {BODY_IDLE_TIMEOUT_S:g} s") from None
         if message["type"] == "http.disconnect":
