@@ -107,6 +107,8 @@ class AgentService:
             api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         )
         self._server: AgentServer = make_server(self.app, settings.tls)
+        state = self._server.server_state
+        self.repository.activity.connections = lambda: len(state.connections)
 
     @property
     def port(self) -> int:

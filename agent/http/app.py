@@ -44,6 +44,8 @@ DEFAULT_MAX_JSON_BYTES = 8 * 1024 * 1024
 LARGE_BODY_BYTES = 1024 * 1024
 #: feedback bodies: 10,000 labels with 100-character ids fit; parsed on the event loop, so kept small.
 MAX_FEEDBACK_BYTES = 2 * 1024 * 1024
+#: response bodies in parts (a JSON header and binary tensors) up to this size are sent joined.
+JOIN_BELOW_BYTES = 256 * 1024
 #: a client that sends nothing for this long while its body is due is cut off (408).
 BODY_IDLE_TIMEOUT_S = 30.0
 
@@ -141,11 +143,16 @@ class AgentApp:
         if status >= 400:
             self.metrics.http_errors.labels(str(status)).inc()
         parts = body if isinstance(body, list) else [body]
+        size = sum(len(p) for p in parts)
+        if len(parts) > 1 and size <= JOIN_BELOW_BYTES:
+            # One write, one TCP segment: each part is a send() of its own (TCP_NODELAY), and a
+            # client woken by the first often has to wait for the next.
+            parts = [b"".join(parts)]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, (b"content-length", str(sum(len(p) for p in parts)).encode())],
+                "headers": [*headers, (b"content-length", str(size).encode())],
             }
         )
         parts.reverse()  # popped as sent: each part is freed once it is on its way
