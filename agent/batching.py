@@ -39,10 +39,10 @@ class SchedulingConfig:
     inline_below_ms: float = 0.3
     #: ... and, while a request is alone (:class:`Activity`), models averaging less than this:
     #: nothing waits behind them, and the hop to a worker thread and back (two thread wake-ups)
-    #: cost ~0.3 ms of the small bench model's c=1 latency on a loaded 2-core host
-    #: (bench/agent.py). Not for slower models: for the 5 ms one it measured no better, within
-    #: the host's noise, and health checks would wait as long. Off when ``inline_below_ms`` is 0.
-    inline_alone_below_ms: float = 2.0
+    #: cost 0.2-0.4 ms of c=1 latency on a loaded 2-core host (bench/agent.py: small, mid and
+    #: medium models; the medium one's gain is at the edge of the host's noise). Health checks
+    #: wait at most this long. Off when ``inline_below_ms`` is 0.
+    inline_alone_below_ms: float = 10.0
 
     @property
     def batching(self) -> bool:

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         default=0.3,
         help="models faster than this run on the server's event loop, skipping a thread hop (default 0.3); "
-        "while one client is connected and no other request is in flight, models up to 2 ms do too (0: never)",
+        "while one client is connected and no other request is in flight, models up to 10 ms do too (0: never)",
     )
     p.add_argument(
         "--no-monitoring",
