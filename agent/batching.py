@@ -37,6 +37,12 @@ class SchedulingConfig:
     max_queue_delay_ms: float = 2.0
     #: models whose executions average less than this run on the event loop, not a worker thread.
     inline_below_ms: float = 0.3
+    #: ... and, while a request is alone (:class:`Activity`), models averaging less than this:
+    #: nothing waits behind them, and the hop to a worker thread and back (two thread wake-ups)
+    #: cost 0.2-0.4 ms of c=1 latency on a loaded 2-core host (bench/agent.py: small, mid and
+    #: medium models; the medium one's gain is at the edge of the host's noise). Health checks
+    #: wait at most this long. Off when ``inline_below_ms`` is 0.
+    inline_alone_below_ms: float = 10.0
 
     @property
     def batching(self) -> bool:
@@ -62,11 +68,34 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+class Activity:
+    """Requests inside the schedulers that share it (one agent's models), waiting or running, and
+    how many client connections the server holds: a request is alone only when it is the one in
+    flight and its connection is the only one. Requests still unread on other connections are
+    invisible to the schedulers; counting connections keeps a burst from many clients on the
+    workers (and the queue bound, 503) rather than run one by one on the event loop."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: the server's open connections; set by the service once its server exists
+        self.connections: Callable[[], int] = lambda: 1
+
+    def alone(self) -> bool:
+        return self.count == 1 and self.connections() <= 1
+
+
 class Scheduler:
     def __init__(
-        self, label: str, run: RunFn, executor: Executor, config: SchedulingConfig, batchable: bool
+        self,
+        label: str,
+        run: RunFn,
+        executor: Executor,
+        config: SchedulingConfig,
+        batchable: bool,
+        activity: Activity | None = None,
     ) -> None:
         self.label = label
+        self._activity = activity or Activity()
         self._run = run
         self._executor = executor
         self.config = config
@@ -117,16 +146,24 @@ class Scheduler:
             )
         start = time.perf_counter()
         self._waiting += 1
+        self._activity.count += 1
         try:
             await self._slots.acquire()
+        except BaseException:
+            self._activity.count -= 1
+            raise
         finally:
             self._waiting -= 1
         began = time.perf_counter()
         self._running += 1
+        inline_ms = self.config.inline_below_ms
+        if inline_ms > 0 and self._activity.alone():
+            inline_ms = max(inline_ms, self.config.inline_alone_below_ms)
         try:
-            if self._run_ewma_s < self.config.inline_below_ms / 1000.0:
-                # A tiny model runs faster than the hop to a worker thread and back; the event
-                # loop pauses for less time than it spends parsing the request.
+            if self._run_ewma_s < inline_ms / 1000.0:
+                # A tiny model (or one alone in the agent) runs faster than the hop to a worker
+                # thread and back; the event loop pauses for less time than it spends parsing the
+                # request, or while nothing else is waiting for it.
                 outputs = self._timed_run(inputs, names)
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(
@@ -134,6 +171,7 @@ class Scheduler:
                 )
         finally:
             self._running -= 1
+            self._activity.count -= 1
             self._slots.release()
         return Result(outputs, began - start, 1)
 
@@ -167,7 +205,11 @@ class Scheduler:
         self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._batch_loop())
-        return await item.future
+        self._activity.count += 1
+        try:
+            return await item.future
+        finally:
+            self._activity.count -= 1
 
     def _ready_rows(self, key: Hashable) -> int:
         return sum(it.rows for it in self._pending if it.key == key)

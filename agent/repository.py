@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.batching import Scheduler, SchedulingConfig
+from agent.batching import Activity, Scheduler, SchedulingConfig
 from agent.drift import DriftTracker
 from agent.metrics import AgentMetrics, VersionMetrics
 from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
@@ -85,6 +85,8 @@ class ModelRepository:
         self._scheduling = scheduling or (lambda _name: SchedulingConfig())
         self._threads = threads
         self._models: dict[str, LoadedModel] = {}
+        #: requests in any model's scheduler: a model alone in the agent may run on the event loop
+        self.activity = Activity()
         self._reload_lock = threading.Lock()
         store.add_listener(self.reload)
 
@@ -249,7 +251,6 @@ class ModelRepository:
         runtime, manifest = opened.runtime, opened.runtime.manifest
         drift = DriftTracker(manifest.reference)
         stats = self.book.for_version(name, version, drift)
-        output_names = [o.name for o in manifest.outputs]
 
         def run(inputs: dict[str, np.ndarray], names: list[str] | None) -> dict[str, np.ndarray]:
             outputs = runtime.run(inputs, names)
@@ -257,7 +258,9 @@ class ModelRepository:
                 drift.observe(inputs, outputs)
             return outputs
 
-        scheduler = Scheduler(f"{name} {version}", run, self._executor, scheduling, _batchable(manifest))
+        scheduler = Scheduler(
+            f"{name} {version}", run, self._executor, scheduling, _batchable(manifest), self.activity
+        )
         reader = reader_for(manifest) if self.monitoring.enabled else None
         monitor = window = None
         if reader is not None:
@@ -281,12 +284,6 @@ class ModelRepository:
             monitor=monitor,
             window=window,
         )
-        # Warm up so the first real request does not pay for lazy allocations.
-        if manifest.smoke is not None:
-            try:
-                runtime.run({n: t.to_numpy() for n, t in manifest.smoke.inputs.items()}, output_names)
-            except EdgeError as exc:
-                log.warning("warm-up of %s %s failed: %s", name, version, exc)
         self.metrics.load.labels(name, version).observe(time.perf_counter() - started + earlier_s)
         return model
 

@@ -9,16 +9,15 @@ thread for tests and the bench.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from agent.preload import Preloader
+from agent.priority import lowest_priority
 from agent.settings import AgentSettings
 from agent.store import ModelStore
 from sdk.errors import ConfigError
@@ -108,6 +107,8 @@ class AgentService:
             api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         )
         self._server: AgentServer = make_server(self.app, settings.tls)
+        state = self._server.server_state
+        self.repository.activity.connections = lambda: len(state.connections)
 
     @property
     def port(self) -> int:
@@ -179,8 +180,7 @@ class AgentService:
         # let requests go first (a thread's nice value is its own on Linux).
         while not self._server.started and not self._stop.wait(0.01):
             pass
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        lowest_priority()
         try:
             self.store.verify_active(full=True)
             self.store.poll_changes()
@@ -222,8 +222,11 @@ def run_forever(settings: AgentSettings) -> None:
     # What start-up built lives as long as the process: keep it out of the cyclic collector, whose
     # full passes over it took 20-40 ms each on the bench machine (none ran during the bench's
     # load, but one would be a p99 spike). Only here, where the agent owns the process; a test
-    # process starts many agents and must collect them.
+    # process starts many agents and must collect them. ``edge-agent serve`` starts with the
+    # collector off (agent.cli): it comes back on here, for what serving allocates. The ~850
+    # objects start-up left unreachable stay frozen (a collection now would cost tens of ms).
     gc.freeze()
+    gc.enable()
     log.info(
         "edge-agent serving %s on %s",
         ", ".join(f"{n} {v}" for n, v in service.store.active_versions().items()) or "no models",

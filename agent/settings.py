@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from agent.batching import SchedulingConfig
-from agent.monitoring.monitor import MonitorSettings
-from agent.monitoring.shadow import ShadowSettings
 from sdk.errors import ConfigError
+
+if TYPE_CHECKING:
+    # Imported where they are built: serve reads these settings before it starts loading the
+    # models, and asyncio (batching) and the monitoring modules can import while those load.
+    from agent.batching import SchedulingConfig
+    from agent.monitoring.monitor import MonitorSettings
+    from agent.monitoring.shadow import ShadowSettings
 
 
 class SyncSettings(BaseModel):
@@ -104,6 +109,8 @@ class AgentSettings(BaseModel):
         )
 
     def scheduling(self, model: str) -> SchedulingConfig:
+        from agent.batching import SchedulingConfig
+
         size, delay = self.model_batching.get(model, (self.max_batch_size, self.max_queue_delay_ms))
         return SchedulingConfig(
             max_concurrency=self.max_concurrency,
@@ -114,6 +121,8 @@ class AgentSettings(BaseModel):
         )
 
     def monitor_settings(self) -> MonitorSettings:
+        from agent.monitoring.monitor import MonitorSettings
+
         return MonitorSettings(
             enabled=self.monitoring,
             min_samples=self.monitor_min_samples,
@@ -124,6 +133,8 @@ class AgentSettings(BaseModel):
         )
 
     def shadow_settings(self) -> ShadowSettings:
+        from agent.monitoring.shadow import ShadowSettings
+
         return ShadowSettings(
             share=self.shadow_share,
             queue=self.shadow_queue,

@@ -210,7 +210,7 @@ def encode_response_parts(response: InferResponse, request: InferRequest) -> tup
     blobs: list[bytes] = []
     # Large JSON tensors are encoded apart and spliced in where a one-off placeholder stands.
     sliced: dict[str, list[bytes]] = {}
-    nonce = secrets.token_hex(8)
+    nonce = ""  # drawn when the first large tensor needs a placeholder
     for t in response.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         binary = wanted.get(t.name)
@@ -219,6 +219,7 @@ def encode_response_parts(response: InferResponse, request: InferRequest) -> tup
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         elif t.data.size > JSON_SLICE:
+            nonce = nonce or secrets.token_hex(8)
             placeholder = f"@{nonce}-{len(sliced)}"
             sliced[json.dumps(placeholder)] = _json_data_sliced(t)
             entry["data"] = placeholder

@@ -53,6 +53,11 @@ def make_server(app: Any, tls: ServerTLS | None = None) -> AgentServer:
         # every response is bytes for nothing.
         proxy_headers=False,
         server_header=False,
+        # No websocket endpoints: "auto" would import the websockets package (~30 ms) at start.
+        ws="none",
         **ssl_options,
     )
+    # Load now (protocol classes, TLS context), while the models load in the background
+    # (agent.preload), rather than after them when the server starts.
+    config.load()
     return AgentServer(config)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import queue
 import random
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 
 from agent.monitoring.ledger import Entry
 from agent.monitoring.outputs import OutputReader, Prediction
+from agent.priority import lowest_priority
 from agent.runtimes import ModelRuntime
 
 if TYPE_CHECKING:
@@ -137,9 +137,7 @@ class ShadowRunner:
     # ------------------------------------------------------------------------------ the worker
 
     def _work(self) -> None:
-        # A thread's nice value is its own on Linux: the callers' requests go first.
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        lowest_priority()  # the callers' requests go first
         while True:
             item = self._queue.get()
             if item is None:

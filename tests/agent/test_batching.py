@@ -164,15 +164,37 @@ def test_tiny_models_run_on_the_loop_and_slow_ones_on_workers() -> None:
             await scheduler.submit({"x": np.zeros((1, 4), np.float32)}, None)
         return threading.get_ident()
 
+    async def crowd(scheduler: Scheduler, n: int) -> int:
+        await asyncio.gather(*(scheduler.submit({"x": np.zeros((1, 4), np.float32)}, None) for _ in range(n)))
+        return threading.get_ident()
+
     fast: list[int] = []
     slow: list[int] = []
+    alone: list[int] = []
+    crowded: list[int] = []
+    never: list[int] = []
+    no_alone = SchedulingConfig(inline_alone_below_ms=0)
     with ThreadPoolExecutor(2) as pool:
         loop_thread = asyncio.run(
             drive(Scheduler("fast", run_in(0, fast), pool, SchedulingConfig(), True), 80)
         )
-        asyncio.run(drive(Scheduler("slow", run_in(0.002, slow), pool, SchedulingConfig(), True), 20))
+        asyncio.run(drive(Scheduler("slow", run_in(0.002, slow), pool, no_alone, True), 20))
+        # alone in the agent, a 0.6 ms model (over the 0.3 ms of a tiny one) runs on the loop too once it has shown its speed
+        alone_thread = asyncio.run(
+            drive(Scheduler("alone", run_in(0.0006, alone), pool, SchedulingConfig(), True), 40)
+        )
+        # with other requests in flight it goes to the workers
+        crowd_thread = asyncio.run(
+            crowd(Scheduler("crowd", run_in(0.0006, crowded), pool, SchedulingConfig(), True), 40)
+        )
+        never_thread = asyncio.run(
+            drive(Scheduler("never", run_in(0, never), pool, SchedulingConfig(inline_below_ms=0), True), 40)
+        )
     assert fast[0] != loop_thread and fast[-1] == loop_thread  # learnt that it is tiny
     assert loop_thread not in slow
+    assert alone[0] != alone_thread and alone[-1] == alone_thread
+    assert sum(t != crowd_thread for t in crowded) >= len(crowded) // 2
+    assert never_thread not in never  # 0 turns running on the loop off, alone or not
 
 
 def test_model_batching_flag() -> None:

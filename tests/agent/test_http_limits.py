@@ -194,6 +194,37 @@ def test_deep_json_is_a_4xx_never_a_500(affine: ModelStore, start_agent: Callabl
     assert httpx.get(agent.url + "/v2/health/ready").status_code == 200
 
 
+def test_a_stalled_body_is_a_408(
+    affine: ModelStore, start_agent: Callable[..., AgentService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body's idle timeout (asyncio.timeout on Python 3.11+, wait_for before), through the ASGI
+    app directly: a client that announces a body and sends none is cut off."""
+    import asyncio
+
+    from agent.http import app as app_module
+
+    monkeypatch.setattr(app_module, "BODY_IDLE_TIMEOUT_S", 0.05)
+    agent = start_agent()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/models/affine/infer",
+        "headers": [(b"content-length", b"100")],
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        await asyncio.sleep(60)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(agent.app(scope, receive, send), 10))
+    assert sent[0]["status"] == 408
+    assert b"no request body data" in b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
+
+
 def test_body_caps_hold_without_a_content_length(
     affine: ModelStore, start_agent: Callable[..., AgentService]
 ) -> None:

@@ -199,3 +199,27 @@ def test_nan_outputs_are_no_predictions_and_never_break_the_figures() -> None:
         monitor.observe(reg, f"r-{i}", None, {"y": np.array([[np.nan if i % 2 else 1.0]], np.float32)})
     q = reg.quality(time.time())
     assert q is not None and q.samples == 5
+
+
+def test_one_row_reads_as_it_does_in_a_batch() -> None:
+    """A single-row output takes the request path's short cut; it must read as the same row does in
+    a batch (the vectorized rule): class, confidence, probabilities vs logits, NaN and infinities."""
+    reader = OutputReader("classifier", "scores", CLASSES)
+    rows = [
+        [0.1, 2.0, 0.3],  # logits
+        [-3.0, -1.0, -2.5],  # negative logits
+        [0.2, 0.7, 0.1],  # probabilities
+        [0.2, 0.7, 0.1005],  # sums to 1.0005: still probabilities
+        [0.2, 0.7, 0.2],  # in [0, 1] but sums to 1.1: logits
+        [5.0, 5.0, 1.0],  # a tie: the first class, as argmax
+    ]
+    for row in rows:
+        one = reader.read({"scores": np.array([row], np.float32)})
+        batch = reader.read({"scores": np.array([row, row], np.float32)})
+        assert one is not None and batch is not None
+        assert one.values == batch.values[:1]
+        assert one.confidence == pytest.approx(batch.confidence[:1])  # type: ignore[index]
+    for bad in (np.nan, np.inf, -np.inf):
+        assert reader.read({"scores": np.array([[0.1, bad, 0.3]], np.float32)}) is None
+        assert reader.read({"scores": np.array([[0.1, 0.2, 0.3], [0.1, bad, 0.3]], np.float32)}) is None
+    assert reader.read({"scores": np.zeros((0, CLASSES), np.float32)}) is None
