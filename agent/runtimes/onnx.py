@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from agent.early import EarlyLoads, SessionParams, create_session
 from agent.runtimes.base import ModelRuntime, RuntimeLoadError
 from sdk.errors import EdgeError
 from sdk.manifest import Manifest
@@ -68,41 +70,70 @@ def session_options(manifest: Manifest, threads: int) -> ort.SessionOptions:
     return options
 
 
+def session_params(model_path: Path, manifest: Manifest, threads: int, providers: list[str]) -> SessionParams:
+    """The session :func:`agent.early.create_session` builds for this manifest (``session_options``'s
+    settings, as data that :mod:`agent.early` can store and compare)."""
+    settings = session_settings(manifest.runtime_options, threads)
+    return SessionParams(
+        model_path=str(model_path),
+        providers=tuple(providers),
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        optimization_level=settings.optimization_level,
+        config_entries=tuple(settings.config_entries.items()),
+    )
+
+
 class OnnxRuntime(ModelRuntime):
-    def __init__(self, model_path: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+    #: what the session was built from (the preloader records it for the next start's early load).
+    params: SessionParams
+
+    def __init__(
+        self,
+        model_path: Path,
+        manifest: Manifest,
+        *,
+        threads: int | None = None,
+        early: EarlyLoads | None = None,
+    ) -> None:
+        """``early``: sessions built before start-up verified anything; one is used only when built
+        with exactly the parameters this verified manifest asks for (see :mod:`agent.early`)."""
         super().__init__(model_path, manifest)
         wanted, profile_threads = _profile_settings(manifest)
         # Measured on 2 cores: one intra-op thread per run (runs x threads = cores) lost at
         # concurrency 1 (mid model p50 1.23 vs 0.96 ms) and won nothing at 16; keep the profile's.
         threads = threads or thread_cap(profile_threads)
         providers = choose_providers(wanted, ort.get_available_providers())
-        self.session = self._create(model_path, manifest, threads, providers)
+        params = session_params(model_path, manifest, threads, providers)
+        session = early.take(params) if early is not None else None
+        if session is not None:
+            log.info("%s %s: using the session loaded early", manifest.name, manifest.version)
+            self.session, self.params = session, params
+        else:
+            self.session, self.params = self._create(params, manifest)
         self.backend = self.session.get_providers()[0]
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
         self._all_outputs = [o.name for o in self.session.get_outputs()]
 
     @staticmethod
-    def _create(
-        model_path: Path, manifest: Manifest, threads: int, providers: list[str]
-    ) -> ort.InferenceSession:
+    def _create(params: SessionParams, manifest: Manifest) -> tuple[ort.InferenceSession, SessionParams]:
         # A provider can be built in and still fail at start (no GPU, no driver): drop it, try the next.
+        name = Path(params.model_path).name
         while True:
             try:
-                session = ort.InferenceSession(
-                    str(model_path), sess_options=session_options(manifest, threads), providers=providers
-                )
+                session = create_session(params)
             except Exception as exc:  # onnxruntime raises its own untyped errors
-                if len(providers) == 1:
-                    raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+                if len(params.providers) == 1:
+                    raise RuntimeLoadError(f"onnxruntime cannot load {name}: {exc}") from None
                 log.warning(
                     "execution provider %s failed to start (%s); falling back to %s",
-                    providers[0],
+                    params.providers[0],
                     str(exc).splitlines()[0],
-                    providers[1],
+                    params.providers[1],
                 )
-                providers = providers[1:]
+                params = replace(params, providers=params.providers[1:])
                 continue
-            dropped = [p for p in providers if p not in session.get_providers()]
+            dropped = [p for p in params.providers if p not in session.get_providers()]
             for p in dropped:
                 log.warning(
                     "onnxruntime did not enable execution provider %s on this device; running on %s",
@@ -114,9 +145,9 @@ class OnnxRuntime(ModelRuntime):
                 manifest.name,
                 manifest.version,
                 session.get_providers()[0],
-                threads,
+                params.intra_op_threads,
             )
-            return session
+            return session, params
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None
