@@ -74,17 +74,36 @@ class SessionParams:
         return params
 
 
+class SessionBuildError(Exception):
+    """onnxruntime could not build the session with any of the providers."""
+
+
 def create_session(params: SessionParams) -> ort.InferenceSession:
-    """The one place a serving session is built, early or not (so equal parameters mean an equal session)."""
+    """The one place a serving session is built, early or not, so that equal parameters mean an
+    equal session. A provider can be built in and still fail at start (no GPU, no driver): it is
+    dropped and the next one tried, the same way early or not."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = params.intra_op_threads
-    options.inter_op_num_threads = params.inter_op_threads
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, params.optimization_level)
-    for key, value in params.config_entries:
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(params.model_path, sess_options=options, providers=list(params.providers))
+    providers = list(params.providers)
+    while True:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = params.intra_op_threads
+        options.inter_op_num_threads = params.inter_op_threads
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, params.optimization_level)
+        for key, value in params.config_entries:
+            options.add_session_config_entry(key, value)
+        try:
+            return ort.InferenceSession(params.model_path, sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            if len(providers) <= 1:
+                raise SessionBuildError(str(exc)) from None
+            log.warning(
+                "execution provider %s failed to start (%s); falling back to %s",
+                providers[0],
+                str(exc).splitlines()[0],
+                providers[1],
+            )
+            providers = providers[1:]
 
 
 def read_hints(data_dir: Path) -> list[SessionParams]:
@@ -198,7 +217,7 @@ class EarlyLoads:
     def _build(self, params: SessionParams) -> None:
         try:
             session = create_session(params)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
+        except SessionBuildError as exc:
             log.debug("early load of %s failed (it loads the normal way): %s", params.model_path, exc)
             return
         # A write during the build would leave the session with bytes nobody verified.
@@ -219,6 +238,10 @@ def start_early(data_dir: Path) -> EarlyLoads | None:
     if not jobs:
         return None
     # Imported here, in the caller's thread (an import holds the GIL anyway): see agent.preload.
-    import onnxruntime  # noqa: F401
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        log.debug("no early load: %s", exc)
+        return None
 
     return EarlyLoads(jobs).start()

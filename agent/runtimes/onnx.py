@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from agent.early import EarlyLoads, SessionParams, create_session
+from agent.early import EarlyLoads, SessionBuildError, SessionParams, create_session
 from agent.runtimes.base import ModelRuntime, RuntimeLoadError
 from sdk.errors import EdgeError
 from sdk.manifest import Manifest
@@ -104,50 +103,35 @@ class OnnxRuntime(ModelRuntime):
         # concurrency 1 (mid model p50 1.23 vs 0.96 ms) and won nothing at 16; keep the profile's.
         threads = threads or thread_cap(profile_threads)
         providers = choose_providers(wanted, ort.get_available_providers())
-        params = session_params(model_path, manifest, threads, providers)
-        session = early.take(params) if early is not None else None
+        # The parameters asked for, not the providers that started: the next start's early load
+        # (agent.early) is keyed by them and falls back through the providers the same way.
+        self.params = session_params(model_path, manifest, threads, providers)
+        session = early.take(self.params) if early is not None else None
         if session is not None:
             log.info("%s %s: using the session loaded early", manifest.name, manifest.version)
-            self.session, self.params = session, params
         else:
-            self.session, self.params = self._create(params, manifest)
-        self.backend = self.session.get_providers()[0]
-        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
-        self._all_outputs = [o.name for o in self.session.get_outputs()]
-
-    @staticmethod
-    def _create(params: SessionParams, manifest: Manifest) -> tuple[ort.InferenceSession, SessionParams]:
-        # A provider can be built in and still fail at start (no GPU, no driver): drop it, try the next.
-        name = Path(params.model_path).name
-        while True:
             try:
-                session = create_session(params)
-            except Exception as exc:  # onnxruntime raises its own untyped errors
-                if len(params.providers) == 1:
-                    raise RuntimeLoadError(f"onnxruntime cannot load {name}: {exc}") from None
-                log.warning(
-                    "execution provider %s failed to start (%s); falling back to %s",
-                    params.providers[0],
-                    str(exc).splitlines()[0],
-                    params.providers[1],
-                )
-                params = replace(params, providers=params.providers[1:])
-                continue
-            dropped = [p for p in params.providers if p not in session.get_providers()]
-            for p in dropped:
+                session = create_session(self.params)
+            except SessionBuildError as exc:
+                raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+        self.session = session
+        for p in providers:
+            if p not in session.get_providers():
                 log.warning(
                     "onnxruntime did not enable execution provider %s on this device; running on %s",
                     p,
                     session.get_providers()[0],
                 )
-            log.info(
-                "%s %s loaded on %s with %d threads",
-                manifest.name,
-                manifest.version,
-                session.get_providers()[0],
-                params.intra_op_threads,
-            )
-            return session, params
+        log.info(
+            "%s %s loaded on %s with %d threads",
+            manifest.name,
+            manifest.version,
+            session.get_providers()[0],
+            threads,
+        )
+        self.backend = session.get_providers()[0]
+        self._string_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(string)"}
+        self._all_outputs = [o.name for o in session.get_outputs()]
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None

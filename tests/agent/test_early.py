@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
-from agent.early import HINTS_NAME, EarlyLoads, read_hints, start_early
+from agent.early import HINTS_NAME, EarlyLoads, SessionBuildError, create_session, read_hints, start_early
 from agent.service import AgentService
 from agent.store import ModelStore
 from sdk import keys
@@ -106,3 +107,15 @@ def test_a_hint_for_a_file_the_manifest_does_not_pin_is_ignored(
     forged = dataclasses.replace(params, model_path=str(folder / "other.onnx"))
     (data_dir / HINTS_NAME).write_text(json.dumps({"format": 1, "sessions": [forged.to_json()]}))
     assert start_early(data_dir) is None
+
+
+def test_a_file_onnxruntime_cannot_load_is_a_session_build_error(
+    data_dir: Path, store: ModelStore, make_affine: Callable[..., Path], start_agent: Start
+) -> None:
+    store.install(make_affine("1"))
+    _first_start(data_dir, start_agent)
+    [params] = read_hints(data_dir)
+    not_a_model = data_dir / "manifest-copy.onnx"
+    not_a_model.write_bytes(b"not an onnx model")
+    with pytest.raises(SessionBuildError):
+        create_session(dataclasses.replace(params, model_path=str(not_a_model)))
