@@ -237,6 +237,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # numpy's OpenBLAS starts a thread per core that busy-waits after start, taking a core's worth
     # of CPU from the model loads on a small device; the agent does no BLAS work of its own.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Before the ~200 ms of imports below: start building the sessions of the models that are
+    # unchanged since their last verification. They serve nothing until the store has verified them
+    # (agent.early explains why that is safe); a version changed on disk does not load early.
+    from agent.early import start_early
+
+    early = start_early(args.data_dir)
     from agent.service import run_forever
     from agent.settings import AgentSettings, ServerTLS, SyncSettings
     from sdk.errors import ConfigError
@@ -291,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         monitor_window_s=args.monitor_window,
         shadow_share=args.shadow_share,
     )
-    run_forever(settings)
+    run_forever(settings, early)
     return 0
 
 

@@ -13,9 +13,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agent.early import HINTS_NAME, EarlyLoads, SessionParams, hints_doc, read_hints
 from agent.runtimes import ModelRuntime, load_runtime, runtime_class
 from agent.store import ModelStore
 from sdk.errors import EdgeError
+from sdk.fsio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,17 @@ class OpenedRuntime:
     seconds: float
 
 
-def open_runtime(store: ModelStore, name: str, version: str, *, threads: int | None) -> OpenedRuntime:
-    """Load the runtime of an installed version (not served yet) and warm it up."""
+def open_runtime(
+    store: ModelStore, name: str, version: str, *, threads: int | None, early: EarlyLoads | None = None
+) -> OpenedRuntime:
+    """Load the runtime of an installed version (not served yet) and warm it up; ``early`` may
+    hold its session already (:mod:`agent.early`)."""
     started = time.perf_counter()
     runtime = load_runtime(
         store.version_dir(name, version),
         store.manifest(name, version),
         threads=threads,
+        early=early,
     )
     warm_up(runtime)
     return OpenedRuntime(runtime, time.perf_counter() - started)
@@ -56,11 +62,17 @@ def warm_up(runtime: ModelRuntime) -> None:
 
 class Preloader:
     """Opens every active version's runtime in one background thread (in parallel they only fight
-    over memory bandwidth and page faults: measured no faster on 2 cores)."""
+    over memory bandwidth and page faults: measured no faster on 2 cores).
 
-    def __init__(self, store: ModelStore, threads: int | None) -> None:
+    With ``early`` (sessions started before the store verified anything, :mod:`agent.early`), it
+    must be started after ``store.verify_active``: only versions that check accepted by their stamp
+    may use an early session. It records the parameters of the sessions it built for the next start.
+    """
+
+    def __init__(self, store: ModelStore, threads: int | None, early: EarlyLoads | None = None) -> None:
         self._store = store
         self._threads = threads
+        self._early = early
         self._jobs: list[tuple[str, str]] = []
         self._opened: dict[tuple[str, str], OpenedRuntime] = {}
         self._thread = threading.Thread(target=self._run, name="model-preload", daemon=True)
@@ -76,6 +88,8 @@ class Preloader:
             except EdgeError as exc:
                 # The repository tries again later and reports the failure there.
                 log.debug("not preloading %s %s: %s", name, version, exc)
+        if self._early is not None:
+            self._early.allow(self._store.stamp_accepted)
         self._thread.start()
         return self
 
@@ -86,10 +100,31 @@ class Preloader:
         return opened
 
     def _run(self) -> None:
-        for name, version in self._jobs:
-            try:
-                self._opened[(name, version)] = open_runtime(
-                    self._store, name, version, threads=self._threads
-                )
-            except EdgeError as exc:
-                log.debug("preloading %s %s failed: %s", name, version, exc)
+        try:
+            for name, version in self._jobs:
+                try:
+                    self._opened[(name, version)] = open_runtime(
+                        self._store, name, version, threads=self._threads, early=self._early
+                    )
+                except EdgeError as exc:
+                    log.debug("preloading %s %s failed: %s", name, version, exc)
+        finally:
+            if self._early is not None:
+                self._early.close()
+        self._write_hints()
+
+    def _write_hints(self) -> None:
+        """Record the sessions just built, for :func:`agent.early.start_early` at the next start."""
+        params = {
+            p
+            for o in self._opened.values()
+            if isinstance(p := getattr(o.runtime, "params", None), SessionParams)
+        }
+        data_dir = self._store.data_dir
+        if set(read_hints(data_dir)) == params:
+            return
+        try:
+            write_atomic(data_dir / HINTS_NAME, hints_doc(params))
+        except OSError as exc:
+            # Only start-up speed depends on it.
+            log.warning("cannot write %s: %s", data_dir / HINTS_NAME, exc)

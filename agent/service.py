@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from agent.early import EarlyLoads
 from agent.preload import Preloader
 from agent.priority import lowest_priority
 from agent.settings import AgentSettings
@@ -57,22 +58,26 @@ class AgentService:
     dataplane: DataPlane
     app: AgentApp
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, early: EarlyLoads | None = None) -> None:
         """Open the store, bind (a taken port fails before any model loads), check the active
-        versions, and build the HTTP side while their runtimes load in the background."""
+        versions, and build the HTTP side while their runtimes load in the background.
+        ``early``: sessions ``edge-agent serve`` started before its imports (:mod:`agent.early`);
+        used only for versions the check here accepts."""
         self.settings = settings
         settings.check_exposure()
         self.store = ModelStore(settings.data_dir, load_trusted_keys(settings.trusted_key_paths()))
         self.sock: socket.socket = bind(settings.host, settings.port)
         try:
             self.store.verify_active(full=False)
-            self._preloader = Preloader(self.store, settings.threads).start()
+            self._preloader = Preloader(self.store, settings.threads, early).start()
             self.executor = ThreadPoolExecutor(
                 max_workers=max(4, settings.max_concurrency * 2), thread_name_prefix="infer"
             )
             self._build_http()
         except BaseException:
             self.sock.close()
+            if early is not None:
+                early.close()
             raise
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -216,8 +221,8 @@ class AgentService:
         self._sync.start()
 
 
-def run_forever(settings: AgentSettings) -> None:
-    service = AgentService(settings)
+def run_forever(settings: AgentSettings, early: EarlyLoads | None = None) -> None:
+    service = AgentService(settings, early)
     service.prepare()
     # What start-up built lives as long as the process: keep it out of the cyclic collector, whose
     # full passes over it took 20-40 ms each on the bench machine (none ran during the bench's

@@ -6,6 +6,7 @@
       trusted-keys/*.pub              keys whose bundles may be installed (besides --trust-key)
       staging/<random>/               a bundle being unpacked; removed on failure and at start-up
       update.json                     the update journal (agent.update)
+      preload.json                    the last start's session parameters, a start-up hint (agent.early)
       models/<name>/active.json       {"version": ..., "previous": ..., "newest": ...}: the pointer,
                                       replaced atomically
       models/<name>/shadow.json       {"version": ...}: a verified version installed beside the active
@@ -105,6 +106,8 @@ class ModelStore:
         self._listeners: list[Listener] = []
         self._seen: dict[str, str] = {}
         self._seen_shadows: dict[str, str] = {}
+        #: version folders the last ``verify_active(full=False)`` accepted by their stamp alone.
+        self.stamp_accepted: set[Path] = set()
         self.journal = UpdateJournal(self.data_dir / "update.json")
         if recover:
             self.recover()
@@ -374,9 +377,11 @@ class ModelStore:
         """
         keys = self.trusted_keys or None
         with self._locked():
+            self.stamp_accepted = set()
             for name, version in list(self.active_versions().items()):
                 directory = self.version_dir(name, version)
                 if not full and read_stamped(directory, self.trusted_keys) is not None:
+                    self.stamp_accepted.add(directory)
                     continue
                 try:
                     self._verify(directory, keys)

@@ -10,11 +10,15 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdk.errors import ModelStoreError
 from sdk.manifest import Manifest, TensorSpec
+
+if TYPE_CHECKING:
+    from agent.early import EarlyLoads
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,14 @@ def runtime_class(manifest: Manifest) -> type[ModelRuntime]:
     raise RuntimeLoadError(f"runtime {manifest.runtime!r} is not supported by this agent")
 
 
-def load_runtime(directory: Path, manifest: Manifest, *, threads: int | None = None) -> ModelRuntime:
-    """Load the model file of an unpacked, verified bundle with the runtime its manifest names."""
+def load_runtime(
+    directory: Path, manifest: Manifest, *, threads: int | None = None, early: EarlyLoads | None = None
+) -> ModelRuntime:
+    """Load the model file of an unpacked, verified bundle with the runtime its manifest names;
+    ``early``: ONNX Runtime sessions started before verification (:mod:`agent.early`)."""
     cls = runtime_class(manifest)
+    if early is not None and manifest.runtime == "onnxruntime":
+        from agent.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(directory / manifest.model_file, manifest, threads=threads, early=early)
     return cls(directory / manifest.model_file, manifest, threads=threads)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from agent.early import EarlyLoads, SessionBuildError, SessionParams, create_session
 from agent.runtimes.base import ModelRuntime, RuntimeLoadError
 from sdk.errors import EdgeError
 from sdk.manifest import Manifest
@@ -68,55 +69,69 @@ def session_options(manifest: Manifest, threads: int) -> ort.SessionOptions:
     return options
 
 
+def session_params(model_path: Path, manifest: Manifest, threads: int, providers: list[str]) -> SessionParams:
+    """The session :func:`agent.early.create_session` builds for this manifest (``session_options``'s
+    settings, as data that :mod:`agent.early` can store and compare)."""
+    settings = session_settings(manifest.runtime_options, threads)
+    return SessionParams(
+        model_path=str(model_path),
+        providers=tuple(providers),
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        optimization_level=settings.optimization_level,
+        config_entries=tuple(settings.config_entries.items()),
+    )
+
+
 class OnnxRuntime(ModelRuntime):
-    def __init__(self, model_path: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+    #: what the session was built from (the preloader records it for the next start's early load).
+    params: SessionParams
+
+    def __init__(
+        self,
+        model_path: Path,
+        manifest: Manifest,
+        *,
+        threads: int | None = None,
+        early: EarlyLoads | None = None,
+    ) -> None:
+        """``early``: sessions built before start-up verified anything; one is used only when built
+        with exactly the parameters this verified manifest asks for (see :mod:`agent.early`)."""
         super().__init__(model_path, manifest)
         wanted, profile_threads = _profile_settings(manifest)
         # Measured on 2 cores: one intra-op thread per run (runs x threads = cores) lost at
         # concurrency 1 (mid model p50 1.23 vs 0.96 ms) and won nothing at 16; keep the profile's.
         threads = threads or thread_cap(profile_threads)
         providers = choose_providers(wanted, ort.get_available_providers())
-        self.session = self._create(model_path, manifest, threads, providers)
-        self.backend = self.session.get_providers()[0]
-        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
-        self._all_outputs = [o.name for o in self.session.get_outputs()]
-
-    @staticmethod
-    def _create(
-        model_path: Path, manifest: Manifest, threads: int, providers: list[str]
-    ) -> ort.InferenceSession:
-        # A provider can be built in and still fail at start (no GPU, no driver): drop it, try the next.
-        while True:
+        # The parameters asked for, not the providers that started: the next start's early load
+        # (agent.early) is keyed by them and falls back through the providers the same way.
+        self.params = session_params(model_path, manifest, threads, providers)
+        session = early.take(self.params) if early is not None else None
+        if session is not None:
+            log.info("%s %s: using the session loaded early", manifest.name, manifest.version)
+        else:
             try:
-                session = ort.InferenceSession(
-                    str(model_path), sess_options=session_options(manifest, threads), providers=providers
-                )
-            except Exception as exc:  # onnxruntime raises its own untyped errors
-                if len(providers) == 1:
-                    raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
-                log.warning(
-                    "execution provider %s failed to start (%s); falling back to %s",
-                    providers[0],
-                    str(exc).splitlines()[0],
-                    providers[1],
-                )
-                providers = providers[1:]
-                continue
-            dropped = [p for p in providers if p not in session.get_providers()]
-            for p in dropped:
+                session = create_session(self.params)
+            except SessionBuildError as exc:
+                raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+        self.session = session
+        for p in providers:
+            if p not in session.get_providers():
                 log.warning(
                     "onnxruntime did not enable execution provider %s on this device; running on %s",
                     p,
                     session.get_providers()[0],
                 )
-            log.info(
-                "%s %s loaded on %s with %d threads",
-                manifest.name,
-                manifest.version,
-                session.get_providers()[0],
-                threads,
-            )
-            return session
+        log.info(
+            "%s %s loaded on %s with %d threads",
+            manifest.name,
+            manifest.version,
+            session.get_providers()[0],
+            threads,
+        )
+        self.backend = session.get_providers()[0]
+        self._string_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(string)"}
+        self._all_outputs = [o.name for o in session.get_outputs()]
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None

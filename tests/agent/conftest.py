@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.early import EarlyLoads
 from agent.service import AgentService
 from agent.settings import AgentSettings
 from agent.store import ModelStore
@@ -48,9 +49,10 @@ def make_affine(tmp_path: Path, key: keys.Ed25519PrivateKey) -> Callable[..., Pa
 def start_agent(data_dir: Path, pub_path: Path) -> Iterator[Callable[..., AgentService]]:
     started: list[AgentService] = []
 
-    def start(**overrides: object) -> AgentService:
-        settings = AgentSettings(data_dir=data_dir, trust_keys=[pub_path], port=0, **overrides)  # type: ignore[arg-type]
-        service = AgentService(settings).start_background()
+    def start(early: EarlyLoads | None = None, **overrides: object) -> AgentService:
+        """``early``: sessions started before the agent, as ``edge-agent serve`` does (agent.early)."""
+        settings = AgentSettings(**{"data_dir": data_dir, "trust_keys": [pub_path], "port": 0, **overrides})  # type: ignore[arg-type]
+        service = AgentService(settings, early).start_background()
         started.append(service)
         return service
 

@@ -129,3 +129,25 @@ def test_name_must_match_file_name(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("EDGEFLEET_PROFILES_DIR", str(tmp_path))
     with pytest.raises(ProfileError, match="does not match the file name"):
         load_profile("orin")
+
+
+def test_a_profile_file_is_read_again_once_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "x86-server.yaml"
+    path.write_text(available_profiles()["x86-server"].read_text(encoding="utf-8"), encoding="utf-8")
+    first = load_profile_file(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["threads"] = first.threads + 1
+    # A different size too: two writes within one clock tick can share their mtime and ctime.
+    edited = yaml.safe_dump(data)
+    path.write_text(
+        edited + "#" * (len(path.read_text(encoding="utf-8")) + 1 - len(edited)) + "\n", encoding="utf-8"
+    )
+    assert load_profile_file(path).threads == first.threads + 1
+
+
+def test_each_caller_gets_its_own_copy_of_a_cached_profile(tmp_path: Path) -> None:
+    path = available_profiles()["x86-server"]
+    mine = load_profile_file(path)
+    threads = mine.threads
+    mine.threads = threads + 5
+    assert load_profile_file(path).threads == threads
