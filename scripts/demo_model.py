@@ -63,9 +63,9 @@ def train_digits_cnn(epochs: int = 3, seed: int = 0) -> tuple[nn.Module, np.ndar
     return fit(DigitsCNN(), x[:TRAIN_COUNT], y[:TRAIN_COUNT], epochs), x, y
 
 
-def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-3) -> nn.Module:
     """``model`` trained on (x, y) with Adam and cross-entropy in batches of 64; returned in eval mode."""
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
         perm = torch.randperm(len(xt))

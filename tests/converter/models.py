@@ -122,21 +122,12 @@ def train_small_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 6) -> nn.
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(16 * 2 * 2, 10),
     )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batches: more threads only contend on a busy 2-core host
     try:
-        for _ in range(epochs):
-            perm = torch.randperm(len(xt))
-            for i in range(0, len(xt), 64):
-                idx = perm[i : i + 64]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-                opt.step()
+        return fit(model, x, y, epochs, lr=1e-2)
     finally:
         torch.set_num_threads(threads)
-    return model.eval()
 
 
 def trained_small_digits_cnn() -> nn.Module:
