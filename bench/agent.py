@@ -358,29 +358,33 @@ def help_seconds() -> float:
 
 
 def build_models(work: Path, key: keys.Ed25519PrivateKey) -> dict[str, tuple[Path, Path]]:
+    out = {}
+    for name, (width, depth) in MODELS.items():
+        model = mlp_onnx(work / f"{name}.onnx", width=width, depth=depth)
+        out[name] = (model, _mlp_bundle(work / "bundles", key, model, name, "1"))
+    return out
+
+
+def _mlp_bundle(folder: Path, key: keys.Ed25519PrivateKey, model: Path, name: str, version: str) -> Path:
+    """A signed bundle of the bench MLP ``name`` (input and output ``[-1, width]``) with its smoke sample."""
     import onnxruntime as ort
 
     from sdk.manifest import TensorSpec
 
-    out = {}
-    for name, (width, depth) in MODELS.items():
-        model = mlp_onnx(work / f"{name}.onnx", width=width, depth=depth)
-        x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
-        y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
-        spec = [TensorSpec(name="x", datatype="FP32", shape=[-1, width])]
-        bundle = bundle_from_onnx(
-            work / "bundles",
-            key,
-            model,
-            name=name,
-            version="1",
-            inputs=spec,
-            outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
-            smoke_inputs={"x": x},
-            smoke_outputs={"y": y},
-        )
-        out[name] = (model, bundle)
-    return out
+    width = MODELS[name][0]
+    x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
+    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    return bundle_from_onnx(
+        folder,
+        key,
+        model,
+        name=name,
+        version=version,
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, width])],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
+        smoke_inputs={"x": x},
+        smoke_outputs={"y": y},
+    )
 
 
 def main() -> int:
@@ -623,33 +627,12 @@ def monitoring_cost(
     import shutil
 
     from agent.store import ModelStore
-    from tests.agent.models import bundle_from_onnx as rebundle  # the same model as version 2
 
     shadow_dir = work / "data-shadow"
     shutil.copytree(data_dir, shadow_dir)
     store = ModelStore(shadow_dir, [key.public_key()])
-    import onnxruntime as ort
-
-    from sdk.manifest import TensorSpec
-
-    for name in names:
-        model = models[name][0]
-        width = MODELS[name][0]
-        x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
-        y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
-        spec = [TensorSpec(name="x", datatype="FP32", shape=[-1, width])]
-        two = rebundle(
-            work / "bundles-2",
-            key,
-            model,
-            name=name,
-            version="2",
-            inputs=spec,
-            outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
-            smoke_inputs={"x": x},
-            smoke_outputs={"y": y},
-        )
-        store.install_shadow(two)
+    for name in names:  # the same model as version 2, its shadow
+        store.install_shadow(_mlp_bundle(work / "bundles-2", key, models[name][0], name, "2"))
     trees: list[tuple[str, Path | None]] = [("", None)]
     if against is not None:
         trees.append((f"{against.name}: ", against))
