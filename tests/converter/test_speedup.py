@@ -116,10 +116,14 @@ def test_small_digits_cnn_is_pruned_and_recovered_at_the_bar(tmp_path: Path, key
     claim is asserted on the 32x32 model below (slow) and in bench/convert.py."""
     model, x, y = models.small_digits()
     manifest = _digits_speedup(tmp_path, key, model, x, y, calibration=500, budget=45)
-    best = _best(manifest)
-    assert best["fidelity_after_pruning"] < best["fidelity"]  # distillation recovered what pruning took
+    _best(manifest)
     (chosen,) = _decisions(manifest, "speedup")
-    assert all(p["latency_vs_source"] > 0 and p["epochs"] >= 1 for p in chosen["measured"]["curve"])
+    curve = chosen["measured"]["curve"]
+    # a step keeps its untrained cut when distillation would lower fidelity (the best step may be one),
+    # so no step is below its pruning's own fidelity, and distillation recovered fidelity on some step
+    assert all(p["fidelity"] >= p["fidelity_after_pruning"] for p in curve), curve
+    assert any(p["fidelity"] > p["fidelity_after_pruning"] for p in curve), curve
+    assert all(p["latency_vs_source"] > 0 and p["epochs"] >= 1 for p in curve)
 
 
 @pytest.mark.slow
