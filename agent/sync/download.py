@@ -7,7 +7,6 @@ whose size and sha256 match the desired state is renamed to ``dest``.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from agent.sync.reserve import is_no_room
 from sdk.bundle import file_sha256
 from sdk.errors import (
     AuthError,
@@ -33,9 +33,6 @@ from sdk.errors import (
 from sdk.fsio import fsync_dir
 
 log = logging.getLogger(__name__)
-
-#: a full disk (or quota, or file size limit): not worth retrying soon, and the partial file goes.
-_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class DownloadError(FleetError):
@@ -188,7 +185,7 @@ class BundleDownloader:
         except httpx.HTTPError as exc:
             raise DownloadError(f"download of {url} failed: {exc}") from None
         except OSError as exc:
-            if exc.errno not in _NO_ROOM:
+            if not is_no_room(exc):  # not worth retrying soon, and the partial file goes
                 raise
             # The disk filled up while we wrote (something else took the room): give it back, so
             # the serving version, its logs and its telemetry keep working, and fail this update.

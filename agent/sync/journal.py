@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from agent.sync.reserve import DiskReserve
 from agent.sync.states import State
 from sdk.fsio import write_atomic
 from sdk.messages import DesiredState
@@ -43,8 +44,10 @@ class JournalData(BaseModel):
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reserve: DiskReserve | None = None) -> None:
         self.path = path
+        #: a full disk must not keep a failed step from being recorded (see agent.sync.reserve)
+        self._reserve = reserve
         self.data = self._load()
 
     def _load(self) -> JournalData:
@@ -60,4 +63,8 @@ class Journal:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, self.data.model_dump_json(by_alias=True).encode("utf-8"))
+        data = self.data.model_dump_json(by_alias=True).encode("utf-8")
+        if self._reserve is None:
+            write_atomic(self.path, data)
+        else:
+            self._reserve.retry_when_full(lambda: write_atomic(self.path, data))

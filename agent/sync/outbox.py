@@ -24,7 +24,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -70,23 +71,17 @@ class Outbox:
 
     def append(self, compose: Callable[[int], bytes], stream: Stream = "telemetry") -> int:
         """Store ``compose(seq)`` under the stream's next sequence number and return that number."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = self._meta(_LAST_SEQ[stream], -1) + 1
-                self._set_meta(_LAST_SEQ[stream], seq)
-                self._db.execute(
-                    f"INSERT INTO {_TABLE[stream]} (seq, payload) VALUES (?, ?)", (seq, compose(seq))
-                )
-                dropped = self._enforce_bound(keep=(stream, seq))
-                for name, n in dropped.items():
-                    if n:
-                        self._set_meta(_DROPPED[name], self._meta(_DROPPED[name], 0) + n)
-                totals = {name: self._meta(_DROPPED[name], 0) for name in dropped}
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            seq = self._meta(_LAST_SEQ[stream], -1) + 1
+            self._set_meta(_LAST_SEQ[stream], seq)
+            self._db.execute(
+                f"INSERT INTO {_TABLE[stream]} (seq, payload) VALUES (?, ?)", (seq, compose(seq))
+            )
+            dropped = self._enforce_bound(keep=(stream, seq))
+            for name, n in dropped.items():
+                if n:
+                    self._set_meta(_DROPPED[name], self._meta(_DROPPED[name], 0) + n)
+            totals = {name: self._meta(_DROPPED[name], 0) for name in dropped}
         for name, n in dropped.items():
             if n:
                 log.warning(
@@ -98,6 +93,22 @@ class Outbox:
                     totals[name],
                 )
         return seq
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; on an error it is rolled back, if SQLite has not done so itself.
+
+        A full disk makes SQLite roll back on its own (a failed COMMIT included): a ROLLBACK then
+        would raise "no transaction is active" and hide the real error.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _meta(self, key: str, default: int) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -144,10 +155,8 @@ class Outbox:
         """Delete delivered messages, in one transaction (one fsync however many)."""
         if not seqs:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._lock, self._transaction():
             self._db.executemany(f"DELETE FROM {_TABLE[stream]} WHERE seq = ?", [(seq,) for seq in seqs])
-            self._db.execute("COMMIT")
 
     def count(self, stream: Stream) -> int:
         with self._lock:

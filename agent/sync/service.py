@@ -22,6 +22,7 @@ from agent.sync.mqtt import MqttLink, Outgoing
 from agent.sync.outbox import Outbox, OutboxSender
 from agent.sync.ports import StatsPort, StorePort
 from agent.sync.reconcile import Reconciler, ReconcileSettings
+from agent.sync.reserve import DEFAULT_RESERVE_BYTES, DiskReserve
 from agent.sync.telemetry import TelemetrySampler
 from sdk import messages
 from sdk.credentials import DeviceCredentials
@@ -57,6 +58,8 @@ class Tuning:
     #: (doubling while none comes, up to the maximum).
     ack_timeout_s: float = 10.0
     ack_timeout_max_s: float = 120.0
+    #: room kept for the journal and update events when something else fills the disk (0: none)
+    disk_reserve_bytes: int = DEFAULT_RESERVE_BYTES
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
 
 
@@ -75,6 +78,7 @@ class SyncService:
         self._downloader: BundleDownloader | None = None
         self._reconciler: Reconciler | None = None
         self._sender: OutboxSender | None = None
+        self._reserve: DiskReserve | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -99,6 +103,8 @@ class SyncService:
         sync_dir = config.data_dir / "sync"
         sync_dir.mkdir(parents=True, exist_ok=True)
         self._stop = threading.Event()  # fresh, so a stopped service can start again
+        # written by the telemetry thread, off the path to ready
+        self._reserve = reserve = DiskReserve(sync_dir / "reserve", tuning.disk_reserve_bytes)
 
         self._link = link = MqttLink(
             config.broker_url,
@@ -129,7 +135,7 @@ class SyncService:
         self._downloader = BundleDownloader(config.fleet_url, credentials.token, tls_context=tls_context)
         self._reconciler = reconciler = Reconciler(
             self._store,
-            Journal(sync_dir / "journal.json"),
+            Journal(sync_dir / "journal.json", reserve),
             self._downloader,
             sync_dir / "downloads",
             send_event=self._send_event,
@@ -206,18 +212,23 @@ class SyncService:
 
     def _send_event(self, event: messages.Event) -> None:
         """Into the outbox, numbered, so it reaches the fleet once however often it is sent."""
-        assert self._outbox is not None and self._sender is not None
+        outbox, reserve = self._outbox, self._reserve
+        assert outbox is not None and reserve is not None and self._sender is not None
         try:
-            self._outbox.append(lambda seq: event.model_copy(update={"seq": seq}).to_bytes(), "events")
+            reserve.retry_when_full(
+                lambda: outbox.append(lambda seq: event.model_copy(update={"seq": seq}).to_bytes(), "events")
+            )
         except (sqlite3.Error, OSError) as exc:  # a full disk must not stop the update it reports on
             log.error("could not record the %s event (%s): %s", event.kind, event.reason, exc)
             return
         self._sender.wake.set()
 
     def _telemetry_loop(self) -> None:
-        assert self._outbox is not None and self._sender is not None
+        assert self._outbox is not None and self._sender is not None and self._reserve is not None
         sampler = TelemetrySampler(self.config.data_dir, self._stats, self.config.telemetry_interval_s)
+        self._reserve.restore()
         while not self._stop.wait(self.config.telemetry_interval_s):
+            self._reserve.restore()  # after a full disk, once there is room again
             try:
                 self._outbox.append(lambda seq: sampler.sample(seq).to_bytes())
             except (sqlite3.Error, OSError) as exc:  # a full disk: this sample is lost, not the next

@@ -64,15 +64,14 @@ def stack(tmp_path: Path, broker: Mosquitto, signing_key) -> Iterator[tuple[Flee
         try:
             wait(lambda: all(d["online"] for d in client.devices()), 60, "three agents online")
             yield client, agents, tmp_path
-        except BaseException:
-            for a in agents:
-                sys.stderr.write(f"--- {a.device_id}\n{a.log.read_text()[-3000:]}\n")
-            sys.stderr.write(f"--- fleet\n{fleet.log[-5000:]}\n")
-            raise
         finally:
             for a in agents:
                 a.stop()
             client.close()
+            # shown only when the test fails (pytest does not throw a test's error into a fixture)
+            for a in agents:
+                sys.stderr.write(f"--- {a.device_id}\n{a.log.read_text()[-3000:]}\n")
+            sys.stderr.write(f"--- fleet\n{fleet.log[-5000:]}\n")
 
 
 def versions(client: FleetClient) -> dict[str, str | None]:

@@ -106,14 +106,14 @@ def stack(tmp_path: Path, signing_key) -> Iterator[Stack]:  # type: ignore[no-un
             agent.start()
             try:
                 yield stack
-            except BaseException:
-                sys.stderr.write(
-                    f"--- agent\n{agent.log.read_text()[-5000:]}\n--- fleet\n{fleet.log[-3000:]}\n"
-                )
-                raise
             finally:
                 agent.stop()
                 client.close()
+                # pytest shows a test's captured stderr only when it fails (it does not throw the
+                # test's error into its fixtures, so an ``except`` here would never run)
+                sys.stderr.write(
+                    f"--- agent\n{agent.log.read_text()[-5000:]}\n--- fleet\n{fleet.log[-3000:]}\n"
+                )
 
 
 def _verified_on_disk(stack: Stack) -> str:
@@ -209,24 +209,36 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
 
 
-def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack) -> None:
+def _fill(disk: Path) -> Path:
+    """Write zeros into ``disk`` until it is full; returns the file that holds them."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as f:  # unbuffered: closing has nothing left to fail on
+        try:
+            while f.write(b"\0" * (1 << 20)):
+                pass
+        except OSError:
+            pass
+    return ballast
+
+
+@pytest.mark.parametrize("fills", ["during the download", "before the download"])
+def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack, fills: str) -> None:
     first = stack.release(1, pad_bytes=1024)
     wait(lambda: stack.rollout_state(first) == "succeeded", 120, "the first rollout")
     assert stack.data_dir.is_relative_to(small_disk)
-    # Fill the disk while the download of 1.2.0 runs: the room it counted on is gone. The proxy
-    # holds the body half way, so the disk fills before the download can finish however slowly
-    # this test runs (in CI, on a loaded machine, the download once won that race).
-    stack.proxy.hold(PAD_BYTES // 2)
-    rollout = stack.release(2, pad_bytes=PAD_BYTES)
-    assert _wait_for_phase(stack, "download", 2, rollout)
-    ballast = small_disk / "ballast"
-    with open(ballast, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError:
-            pass
+    if fills == "before the download":
+        # Nothing of the download is on disk to give back: only the agent's reserve lets it save
+        # its journal and record the failure (a clean-clone CI run once stalled here for good).
+        ballast = _fill(small_disk)
+        rollout = stack.release(2, pad_bytes=PAD_BYTES)
+    else:
+        # Fill the disk while the download of 1.2.0 runs: the room it counted on is gone. The proxy
+        # holds the body half way, so the disk fills before the download can finish however slowly
+        # this test runs (in CI, on a loaded machine, the download once won that race).
+        stack.proxy.hold(PAD_BYTES // 2)
+        rollout = stack.release(2, pad_bytes=PAD_BYTES)
+        assert _wait_for_phase(stack, "download", 2, rollout)
+        ballast = _fill(small_disk)
     stack.proxy.release()
     wait(lambda: stack.rollout_state(rollout) in ("rolled_back", "failed"), 120, "the rollout to fail")
     assert stack.agent.infer() == answer(1)
@@ -240,3 +252,5 @@ def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack)
     rollout = stack.release(3, pad_bytes=1024)
     wait(lambda: stack.rollout_state(rollout) == "succeeded", 120, "the next rollout")
     assert stack.agent.infer() == answer(3)
+    reserve = stack.data_dir / "sync" / "reserve"
+    wait(lambda: reserve.exists() and reserve.stat().st_size > 0, 60, "the disk reserve to be written again")

@@ -86,11 +86,10 @@ def stack(tmp_path: Path, broker: Mosquitto, signing_key) -> Iterator[Stack]:  #
         stack = Stack(tmp_path, broker, db_path, args, port, agent, fleet)
         try:
             yield stack
-        except BaseException:
-            sys.stderr.write(f"--- agent\n{agent.log.read_text()[-4000:]}\n--- fleet\n{fleet.log[-4000:]}\n")
-            raise
         finally:
             agent.stop()
+            # shown only when the test fails (pytest does not throw a test's error into a fixture)
+            sys.stderr.write(f"--- agent\n{agent.log.read_text()[-4000:]}\n--- fleet\n{fleet.log[-4000:]}\n")
 
 
 def _broker_outage(stack: Stack, outage_s: float) -> None:
