@@ -14,7 +14,8 @@ Prints, side by side from one run:
 ``--monitoring`` measures only the agent's own goals with monitoring (issue 9): c=1 p50/p99 of
 ONNX Runtime in-process and of the agent with monitoring off, on (requests carrying an id and a
 group), and on with a shadow version mirrored, in alternating rounds so all see the same background
-load (overhead vs in-process, cost vs off); and time to ready, over alternating restarts.
+load (overhead vs in-process, cost vs off); and time to ready, over alternating restarts, beside its
+floor: a bare Python that imports ONNX Runtime and builds the same sessions.
 ``--against DIR`` adds the same rows for the agent of another checkout (e.g. main in a git
 worktree), measured in the same rounds: before/after from one run.
 
@@ -290,6 +291,38 @@ FASTAPI_APP = textwrap.dedent(
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
     '''
 )
+
+#: the floor under the agent's time to ready: a bare Python process that imports ONNX Runtime and
+#: builds the same sessions (the agent's settings: threads, no spinning, all optimisations and
+#: weight prepacking), one thread per model as the agent's early loads do, then exits.
+BARE_SESSIONS = textwrap.dedent(
+    """
+    import sys, threading
+    import onnxruntime as ort
+
+    def load(path):
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = int(sys.argv[1])
+        o.inter_op_num_threads = 1
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        o.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in sys.argv[2:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    """
+)
+
+
+def bare_sessions_s(paths: list[Path], threads: int) -> float:
+    """Seconds from spawning a bare Python to its exit after building ``paths``' sessions."""
+    t0 = time.perf_counter()
+    subprocess.run([PY, "-c", BARE_SESSIONS, str(threads), *map(str, paths)], check=True)
+    return time.perf_counter() - t0
+
 
 BENTO_SERVICE = textwrap.dedent(
     """
@@ -648,7 +681,9 @@ def monitoring_cost(
     # Time to ready first, before the load below warms anything: the "monitoring on" agent of each
     # checkout started and stopped in turn.
     ready: dict[str, list[float]] = {}
+    threads = min(2, os.cpu_count() or 1)
     for _ in range(starts):
+        ready.setdefault("bare", []).append(bare_sessions_s([models[n][0] for n in names], threads))
         for prefix, tree in trees:
             cmd, _tree = configs[f"{prefix}monitoring on"]
             server = start(prefix, cmd, port_of(cmd), "/v2/health/ready", env=tree_env(tree), cwd=tree)
@@ -657,7 +692,6 @@ def monitoring_cost(
     servers = {}
     for label, (cmd, tree) in configs.items():
         servers[label] = start(label, cmd, port_of(cmd), "/v2/health/ready", env=tree_env(tree), cwd=tree)
-    threads = min(2, os.cpu_count() or 1)
     try:
         time.sleep(2.0)  # the background re-hash after start (agent.stamp) is done by now
         results: dict[tuple[str, str], list[Run]] = {}
@@ -679,6 +713,11 @@ def monitoring_cost(
             server.stop()
     print(
         f"\ntime to ready with {len(names)} models ({', '.join(names)}), median of {starts} alternating starts"
+    )
+    bare = ready["bare"]
+    print(
+        f"  {'bare: python, import onnxruntime, sessions':<40} {float(np.median(bare)):6.2f} s"
+        f" (min {min(bare):.2f}) (the floor)"
     )
     for prefix, _tree in trees:
         times = ready[prefix]
