@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.batching import Activity, Scheduler, SchedulingConfig
 from agent.drift import DriftTracker
+from agent.memory import release_freed_memory
 from agent.metrics import AgentMetrics, VersionMetrics
 from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
 from agent.monitoring.outputs import reader_for
@@ -302,5 +303,6 @@ class ModelRepository:
                 )
             model.runtime.close()
             log.info("retired %s %s", model.name, model.version)
+            release_freed_memory(f"retiring {model.name} {model.version}")
 
         threading.Thread(target=drain, name=f"drain-{model.name}", daemon=True).start()

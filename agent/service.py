@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from agent.early import EarlyLoads
+from agent.memory import release_freed_memory
 from agent.preload import Preloader
 from agent.priority import lowest_priority
 from agent.settings import AgentSettings
@@ -185,6 +186,9 @@ class AgentService:
         # let requests go first (a thread's nice value is its own on Linux).
         while not self._server.started and not self._stop.wait(0.01):
             pass
+        # The session builds' parse buffers are free now: give them back (agent.memory), once,
+        # after ready rather than before it.
+        release_freed_memory("start-up")
         lowest_priority()
         try:
             self.store.verify_active(full=True)

@@ -114,7 +114,7 @@ class OnnxRuntime(ModelRuntime):
                 session = create_session(self.params)
             except SessionBuildError as exc:
                 raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
-        self.session = session
+        self.session: ort.InferenceSession | None = session
         for p in providers:
             if p not in session.get_providers():
                 log.warning(
@@ -136,15 +136,24 @@ class OnnxRuntime(ModelRuntime):
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
+        session = self.session
+        if session is None:
+            from sdk.errors import InferenceError
+
+            raise InferenceError(f"{self.manifest.name} {self.manifest.version} was retired")
         feed = {name: self._to_ort(name, value) for name, value in inputs.items()}
         names = output_names or self._all_outputs
         try:
-            results = self.session.run(names, feed)
+            results = session.run(names, feed)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             from sdk.errors import InferenceError
 
             raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from None
         return dict(zip(names, results, strict=True))
+
+    def close(self) -> None:
+        """Drop the session (its weights go with it, once a run still in progress returns)."""
+        self.session = None
 
     def _to_ort(self, name: str, value: np.ndarray) -> np.ndarray:
         if name in self._string_inputs:

@@ -14,6 +14,7 @@ from agent.runtimes import load_runtime
 from agent.runtimes.onnx import OnnxRuntime, choose_providers
 from agent.store import ModelStore
 from sdk import keys
+from sdk.errors import InferenceError
 from sdk.manifest import RuntimeOptions, TensorSpec
 from tests.agent.models import affine_onnx, bundle_from_onnx
 
@@ -43,6 +44,18 @@ def test_jetson_bundle_runs_on_this_cpu(
     out = runtime.run({"x": np.ones((3, 4), np.float32)})
     np.testing.assert_allclose(out["y"], np.full((3, 4), 3.0, np.float32))
     assert out["z"].tolist() == [0, 0, 0]
+
+
+def test_a_closed_runtime_drops_its_session_and_refuses_runs(
+    store: ModelStore, make_affine: Callable[..., Path]
+) -> None:
+    store.install(make_affine("1"))
+    runtime = load_runtime(store.version_dir("affine", "1"), store.manifest("affine", "1"), threads=1)
+    assert isinstance(runtime, OnnxRuntime)
+    runtime.close()  # a retired version: its weights must not wait for the garbage collector
+    assert runtime.session is None
+    with pytest.raises(InferenceError, match="retired"):
+        runtime.run({"x": np.ones((1, 4), np.float32)})
 
 
 def test_manifest_runtime_options_are_applied(tmp_path: Path, key: keys.Ed25519PrivateKey) -> None:
