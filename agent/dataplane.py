@@ -12,6 +12,7 @@ import numpy as np
 from agent.infer_type import InferRequest, InferResponse, InferTensor
 from agent.metrics import AgentMetrics
 from agent.repository import LoadedModel, ModelRepository
+from agent.runtimes.base import RuntimeClosedError
 from sdk import __version__
 from sdk.datatypes import from_numpy_dtype
 from sdk.errors import EdgeError, InvalidInputError, OverloadedError
@@ -71,7 +72,7 @@ class DataPlane:
 
     # ----------------------------------------------------------------------------------- infer
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, *, retried: bool = False) -> InferResponse:
         model = self.repository.get(request.model_name, request.model_version)
         metrics = model.metrics
         metrics.requests.inc()
@@ -81,6 +82,12 @@ class DataPlane:
             inputs = self._check_inputs(model, request)
             names = self._check_outputs(model, request)
             result = await model.scheduler.submit(inputs, names)
+        except RuntimeClosedError:
+            if retried:
+                raise
+            # Swapped out between resolving the version and running it (a retired version's
+            # session is dropped once its drain finds it idle): run on the version serving now.
+            return await self.infer(request, retried=True)
         except EdgeError as exc:
             metrics.failed(_failure_reason(exc))
             model.stats.record(time.perf_counter() - started, ok=False)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sdk.errors import ModelStoreError
+from sdk.errors import InferenceError, ModelStoreError
 from sdk.manifest import Manifest, TensorSpec
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 class RuntimeLoadError(ModelStoreError):
     """A model file cannot be loaded by its runtime."""
+
+
+class RuntimeClosedError(InferenceError):
+    """The runtime was closed: its version was retired after a request had resolved it."""
 
 
 class ModelRuntime(ABC):

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.early import EarlyLoads, SessionBuildError, SessionParams, create_session
-from agent.runtimes.base import ModelRuntime, RuntimeLoadError
+from agent.runtimes.base import ModelRuntime, RuntimeClosedError, RuntimeLoadError
 from sdk.errors import EdgeError
 from sdk.manifest import Manifest
 from sdk.profiles import load_profile
@@ -138,9 +138,7 @@ class OnnxRuntime(ModelRuntime):
     ) -> dict[str, np.ndarray]:
         session = self.session
         if session is None:
-            from sdk.errors import InferenceError
-
-            raise InferenceError(f"{self.manifest.name} {self.manifest.version} was retired")
+            raise RuntimeClosedError(f"{self.manifest.name} {self.manifest.version} was retired")
         feed = {name: self._to_ort(name, value) for name, value in inputs.items()}
         names = output_names or self._all_outputs
         try:

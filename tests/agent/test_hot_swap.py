@@ -114,3 +114,39 @@ def test_install_from_another_process_is_picked_up(
             break
         time.sleep(0.1)
     assert version == "3"
+
+
+@pytest.mark.parametrize("batch", [0, 8], ids=["unbatched", "batched"])
+def test_a_request_that_resolved_a_retired_version_runs_on_the_one_serving_now(
+    store: ModelStore,
+    make_affine: Callable[..., Path],
+    start_agent: Callable[..., AgentService],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    """A retired version's session is dropped once its drain finds it idle (its memory goes back
+    to the OS); a request that resolved that version just before the swap must still be answered."""
+    store.install(make_affine("1", scale=SCALES["1"]))
+    agent = start_agent(max_batch_size=batch, max_queue_delay_ms=1.0)
+    stale = agent.repository.get("affine")
+    assert agent.store.install(make_affine("2", scale=SCALES["2"])).version == "2"
+    deadline = time.monotonic() + 30
+    while getattr(stale.runtime, "session", None) is not None:
+        assert time.monotonic() < deadline, "the retired version's session was never dropped"
+        time.sleep(0.01)
+    # The request resolves the stale version (as one in flight across the swap did), then runs.
+    real_get, calls = agent.repository.get, Counter[str]()
+
+    def get(name: str, version: str | None = None):  # type: ignore[no-untyped-def]
+        calls["get"] += 1
+        return stale if calls["get"] <= 2 else real_get(name, version)
+
+    monkeypatch.setattr(agent.repository, "get", get)
+    r = httpx.post(
+        agent.url + "/v2/models/affine/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["model_version"] == "2"
+    assert r.json()["outputs"][0]["data"] == [SCALES["2"] + 1.0] * 4
+    assert calls["get"] == 3

@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 
 from agent.runtimes import load_runtime
+from agent.runtimes.base import RuntimeClosedError
 from agent.runtimes.onnx import OnnxRuntime, choose_providers
 from agent.store import ModelStore
 from sdk import keys
-from sdk.errors import InferenceError
 from sdk.manifest import RuntimeOptions, TensorSpec
 from tests.agent.models import affine_onnx, bundle_from_onnx
 
@@ -54,7 +54,7 @@ def test_a_closed_runtime_drops_its_session_and_refuses_runs(
     assert isinstance(runtime, OnnxRuntime)
     runtime.close()  # a retired version: its weights must not wait for the garbage collector
     assert runtime.session is None
-    with pytest.raises(InferenceError, match="retired"):
+    with pytest.raises(RuntimeClosedError, match="retired"):
         runtime.run({"x": np.ones((1, 4), np.float32)})
 
 
