@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.early import HINTS_NAME, EarlyLoads, SessionParams, hints_doc, read_hints
 from agent.runtimes import ModelRuntime, load_runtime, runtime_class
@@ -114,17 +116,18 @@ class Preloader:
         self._write_hints()
 
     def _write_hints(self) -> None:
-        """Record the sessions just built, for :func:`agent.early.start_early` at the next start."""
-        params = {
-            p
-            for o in self._opened.values()
-            if isinstance(p := getattr(o.runtime, "params", None), SessionParams)
-        }
-        data_dir = self._store.data_dir
-        if set(read_hints(data_dir)) == params:
-            return
-        try:
-            write_atomic(data_dir / HINTS_NAME, hints_doc(params))
-        except OSError as exc:
-            # Only start-up speed depends on it.
-            log.warning("cannot write %s: %s", data_dir / HINTS_NAME, exc)
+        write_hints(self._store.data_dir, [o.runtime for o in self._opened.values()])
+
+
+def write_hints(data_dir: Path, runtimes: Iterable[ModelRuntime]) -> None:
+    """Record the sessions of ``runtimes`` (those serving now) for :func:`agent.early.start_early`
+    at the next start: after start-up, and after every swap, so that the first start after an
+    update (a reboot, say) loads the new version early too."""
+    params = {p for r in runtimes if isinstance(p := getattr(r, "params", None), SessionParams)}
+    if set(read_hints(data_dir)) == params:
+        return
+    try:
+        write_atomic(data_dir / HINTS_NAME, hints_doc(params))
+    except OSError as exc:
+        # Only start-up speed depends on it.
+        log.warning("cannot write %s: %s", data_dir / HINTS_NAME, exc)

@@ -26,7 +26,7 @@ from agent.metrics import AgentMetrics, VersionMetrics
 from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
 from agent.monitoring.outputs import reader_for
 from agent.monitoring.shadow import ShadowRunner, ShadowSettings
-from agent.preload import OpenedRuntime, open_runtime
+from agent.preload import OpenedRuntime, open_runtime, write_hints
 from agent.runtimes import ModelRuntime
 from agent.stats import TelemetryBook, VersionStats
 from agent.store import ModelStore
@@ -152,6 +152,7 @@ class ModelRepository:
         """Serve the store's active version of ``name``; a version that fails to load is not swapped in.
         Then follow the store's shadow of ``name`` (start, replace or stop its runner)."""
         self._reload(name, {})
+        write_hints(self.store.data_dir, [m.runtime for m in list(self._models.values())])
         self._sync_shadow(name)
 
     def _sync_shadow(self, name: str) -> None:

@@ -119,3 +119,23 @@ def test_a_file_onnxruntime_cannot_load_is_a_session_build_error(
     not_a_model.write_bytes(b"not an onnx model")
     with pytest.raises(SessionBuildError):
         create_session(dataclasses.replace(params, model_path=str(not_a_model)))
+
+
+def test_after_an_update_the_next_start_loads_the_new_version_early(
+    data_dir: Path, store: ModelStore, make_affine: Callable[..., Path], start_agent: Start
+) -> None:
+    """The hints follow every swap, not only start-up: the first start after an update (a reboot
+    after an over-the-air install, say) builds the new version's session early."""
+    store.install(make_affine("1"))
+    agent = start_agent()
+    assert [Path(p.model_path).parent.name for p in read_hints(data_dir)] == ["1"]
+    agent.store.install(make_affine("2", scale=3.0))  # the running agent swaps to 2
+    assert [Path(p.model_path).parent.name for p in read_hints(data_dir)] == ["2"]
+    agent.stop()
+    early = start_early(data_dir)
+    assert early is not None
+    [params] = _built(early)
+    assert Path(params.model_path).parent.name == "2"  # type: ignore[attr-defined]
+    agent = start_agent(early=early)
+    runtime = agent.repository.get("affine").runtime
+    assert runtime.params == params  # type: ignore[attr-defined]
