@@ -154,6 +154,8 @@ class ModelRepository:
         self._reload(name, {})
         write_hints(self.store.data_dir, [m.runtime for m in list(self._models.values())])
         self._sync_shadow(name)
+        # the new session's build left its parse buffers free (the old one's go after its drain)
+        release_freed_memory(f"loading {name}")
 
     def _sync_shadow(self, name: str) -> None:
         with self._reload_lock:
