@@ -6,8 +6,8 @@ memory for reuse rather than returning it. Measured with the bench's three MLPs 
 weights, sessions built in parallel as the agent's early loads do): a process holding the three
 sessions had 310 MiB resident, and 206 MiB after ``malloc_trim(0)``, which took 10 ms. A retired
 version's session leaves the same kind of hole. So the agent trims after start-up, after each
-version it loads while serving and after each one it retires, off the request path. Where the C library has no ``malloc_trim`` (musl,
-macOS) this does nothing.
+version it loads while serving and after each one it retires, off the request path. Where the C
+library has no ``malloc_trim`` (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations

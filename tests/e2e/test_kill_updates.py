@@ -35,7 +35,7 @@ from tests.support.delivery import (
     outbox_last_seq,
     stored_event_seqs,
 )
-from tests.support.disk import small_tmpfs
+from tests.support.disk import fill, small_tmpfs
 from tests.support.fleet_proc import admin_token, run_fleet
 from tests.support.mosquitto import DYNSEC_PLUGIN, free_port, run_mosquitto
 from tests.support.throttle import ThrottledProxy
@@ -209,18 +209,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
 
 
-def _fill(disk: Path) -> Path:
-    """Write zeros into ``disk`` until it is full; returns the file that holds them."""
-    ballast = disk / "ballast"
-    with open(ballast, "wb", buffering=0) as f:  # unbuffered: closing has nothing left to fail on
-        try:
-            while f.write(b"\0" * (1 << 20)):
-                pass
-        except OSError:
-            pass
-    return ballast
-
-
 @pytest.mark.parametrize("fills", ["during the download", "before the download"])
 def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack, fills: str) -> None:
     first = stack.release(1, pad_bytes=1024)
@@ -229,7 +217,7 @@ def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack,
     if fills == "before the download":
         # Nothing of the download is on disk to give back: only the agent's reserve lets it save
         # its journal and record the failure (a clean-clone CI run once stalled here for good).
-        ballast = _fill(small_disk)
+        ballast = fill(small_disk)
         rollout = stack.release(2, pad_bytes=PAD_BYTES)
     else:
         # Fill the disk while the download of 1.2.0 runs: the room it counted on is gone. The proxy
@@ -238,7 +226,7 @@ def test_full_disk_during_download_fails_cleanly(small_disk: Path, stack: Stack,
         stack.proxy.hold(PAD_BYTES // 2)
         rollout = stack.release(2, pad_bytes=PAD_BYTES)
         assert _wait_for_phase(stack, "download", 2, rollout)
-        ballast = _fill(small_disk)
+        ballast = fill(small_disk)
     stack.proxy.release()
     wait(lambda: stack.rollout_state(rollout) in ("rolled_back", "failed"), 120, "the rollout to fail")
     assert stack.agent.infer() == answer(1)

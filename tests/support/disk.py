@@ -31,3 +31,16 @@ def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path, chunk: int = 1 << 20) -> Path:
+    """Write zeros into ``disk`` until it is full, as something else on a device would; returns the
+    file holding them (delete it to give the room back)."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as f:  # unbuffered: closing has nothing left to fail on
+        try:
+            while f.write(bytes(chunk)):
+                pass
+        except OSError:
+            pass
+    return ballast

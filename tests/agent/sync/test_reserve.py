@@ -12,7 +12,7 @@ import pytest
 from agent.sync.journal import Journal
 from agent.sync.outbox import Outbox
 from agent.sync.reserve import DiskReserve, is_no_room
-from tests.support.disk import small_tmpfs
+from tests.support.disk import fill, small_tmpfs
 
 RESERVE = 256 * 1024
 
@@ -22,17 +22,6 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (needs root and mount; skipped with the reason)."""
     with small_tmpfs(tmp_path / "disk", "2m") as mount_point:
         yield mount_point
-
-
-def _fill(disk: Path) -> Path:
-    ballast = disk / "ballast"
-    with open(ballast, "wb", buffering=0) as f:  # unbuffered: closing has nothing left to fail on
-        try:
-            while f.write(b"\0" * 65536):
-                pass
-        except OSError:
-            pass
-    return ballast
 
 
 def test_is_no_room_knows_the_os_and_sqlite_errors() -> None:
@@ -49,7 +38,7 @@ def test_a_full_disk_releases_the_reserve_for_the_journal_and_restores_it_later(
     (disk / "sync").mkdir()
     assert reserve.restore() and reserve.held
     journal = Journal(disk / "sync" / "journal.json", reserve)
-    ballast = _fill(disk)
+    ballast = fill(disk)
     journal.data.last_error = "x" * 20_000  # more than any page left over
     journal.save()  # would fail without the reserve
     assert not reserve.held
@@ -61,7 +50,7 @@ def test_a_full_disk_releases_the_reserve_for_the_journal_and_restores_it_later(
 
 def test_without_a_reserve_a_full_disk_is_an_error_not_a_silent_loss(disk: Path) -> None:
     journal = Journal(disk / "journal.json", DiskReserve(disk / "reserve", RESERVE))  # never written
-    _fill(disk)
+    fill(disk)
     journal.data.last_error = "x" * 20_000
     with pytest.raises(OSError) as info:
         journal.save()
@@ -72,7 +61,7 @@ def test_an_event_is_recorded_on_a_full_disk_and_the_outbox_keeps_working(disk: 
     outbox = Outbox(disk / "outbox.sqlite3")
     reserve = DiskReserve(disk / "reserve", RESERVE)
     assert reserve.restore()
-    ballast = _fill(disk)
+    ballast = fill(disk)
     # telemetry does not spend the reserve: with no room, a sample fails with the disk's own error
     failed = 0
     for i in range(200):
