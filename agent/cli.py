@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         "while one client is connected and no other request is in flight, models up to 10 ms do too (0: never)",
     )
     p.add_argument(
+        "--no-session-cache",
+        dest="session_cache",
+        action="store_false",
+        help="do not keep ONNX Runtime's optimised copy of each model (it makes starts faster; "
+        "it takes about twice the model's size on disk)",
+    )
+    p.add_argument(
         "--no-monitoring",
         dest="monitoring",
         action="store_false",
@@ -241,8 +248,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # unchanged since their last verification. They serve nothing until the store has verified them
     # (agent.early explains why that is safe); a version changed on disk does not load early.
     from agent.early import start_early
+    from agent.session_cache import SessionCache
 
-    early = start_early(args.data_dir)
+    early = start_early(args.data_dir, SessionCache(args.data_dir) if args.session_cache else None)
     from agent.service import run_forever
     from agent.settings import AgentSettings, ServerTLS, SyncSettings
     from sdk.errors import ConfigError
@@ -292,6 +300,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         inline_below_ms=args.inline_below_ms,
         model_batching=dict(args.model_batching),
         sync=sync,
+        session_cache=args.session_cache,
         monitoring=args.monitoring,
         monitor_min_samples=args.monitor_min_samples,
         monitor_window_s=args.monitor_window,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,8 @@ from agent.stampfacts import files_match, read_stamp
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+    from agent.session_cache import CachedModel, SessionCache
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,20 @@ class SessionBuildError(Exception):
     """onnxruntime could not build the session with any of the providers."""
 
 
-def create_session(params: SessionParams) -> ort.InferenceSession:
+def create_session(
+    params: SessionParams,
+    *,
+    source: Path | None = None,
+    save_to: Path | None = None,
+    extra_config: Mapping[str, str] | None = None,
+) -> ort.InferenceSession:
     """The one place a serving session is built, early or not, so that equal parameters mean an
     equal session. A provider can be built in and still fail at start (no GPU, no driver): it is
-    dropped and the next one tried, the same way early or not."""
+    dropped and the next one tried, the same way early or not.
+
+    ``source``: build from this file instead of ``params.model_path`` (a session cache entry of
+    that model, :mod:`agent.session_cache`); ``save_to``: also save the optimised model there, with
+    ``extra_config`` saying how."""
     import onnxruntime as ort
 
     providers = list(params.providers)
@@ -90,10 +102,16 @@ def create_session(params: SessionParams) -> ort.InferenceSession:
         options.intra_op_num_threads = params.intra_op_threads
         options.inter_op_num_threads = params.inter_op_threads
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, params.optimization_level)
-        for key, value in params.config_entries:
+        for key, value in [*params.config_entries, *(extra_config or {}).items()]:
             options.add_session_config_entry(key, value)
+        if save_to is not None:
+            options.optimized_model_filepath = str(save_to)
+            # onnxruntime warns that the saved model is hardware specific: that is the point.
+            options.log_severity_level = 3
         try:
-            return ort.InferenceSession(params.model_path, sess_options=options, providers=providers)
+            return ort.InferenceSession(
+                str(source or params.model_path), sess_options=options, providers=providers
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             if len(providers) <= 1:
                 raise SessionBuildError(str(exc)) from None
@@ -121,27 +139,30 @@ def hints_doc(params: Collection[SessionParams]) -> bytes:
     return json.dumps({"format": _HINTS_FORMAT, "sessions": sessions}, sort_keys=True).encode("utf-8")
 
 
-def _stamp_unchanged(model_path: Path) -> bool:
+def stamped_model_sha256(model_path: Path) -> str | None:
     """The light stamp check of the model's folder: manifest and signature as stamped, every pinned
-    file unchanged, and ``model_path`` its ONNX model. (Signer trust and the manifest schema are
-    checked later, by the store.)"""
+    file unchanged, and ``model_path`` its ONNX model. The model's sha256 as the signed manifest
+    pins it when all that holds, else None. (Signer trust and the manifest schema are checked
+    later, by the store.)"""
     directory = model_path.parent
     stamped = read_stamp(directory)
     if stamped is None:
-        return False
+        return None
     try:
         manifest = json.loads(stamped.manifest_bytes)
         sizes = {str(n): int(e["size"]) for n, e in manifest["files"].items()}
         model_file = manifest["model_file"]
         runtime = manifest["runtime"]
+        sha256 = str(manifest["files"][model_file]["sha256"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        return False
-    return (
+        return None
+    if (
         runtime == "onnxruntime"
-        and model_file in sizes
         and model_path.name == model_file
         and files_match(directory, stamped.stamp, sizes)
-    )
+    ):
+        return sha256
+    return None
 
 
 def _active_dirs(data_dir: Path) -> set[Path]:
@@ -165,11 +186,12 @@ def _active_dirs(data_dir: Path) -> set[Path]:
 class EarlyLoads:
     """Sessions being built in a background thread; :meth:`take` hands one over, :meth:`close` drops the rest."""
 
-    def __init__(self, jobs: list[SessionParams]) -> None:
+    def __init__(self, jobs: list[SessionParams], cache: SessionCache | None = None) -> None:
         self._jobs = jobs
+        self._cache = cache
         #: set once the job's build ended (built or failed).
         self._done = {p: threading.Event() for p in jobs}
-        self._built: dict[SessionParams, ort.InferenceSession] = {}
+        self._built: dict[SessionParams, tuple[ort.InferenceSession, CachedModel | None]] = {}
         self._allowed: set[Path] | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="model-early-load", daemon=True)
@@ -188,8 +210,9 @@ class EarlyLoads:
         with self._lock:
             self._allowed = {Path(d) for d in directories}
 
-    def take(self, params: SessionParams) -> ort.InferenceSession | None:
-        """The session built with exactly ``params``, once built, if its folder was allowed; else None."""
+    def take(self, params: SessionParams) -> tuple[ort.InferenceSession, CachedModel | None] | None:
+        """The session built with exactly ``params`` (and the session cache entry it was built
+        from, if any), once built, if its folder was allowed; else None."""
         done = self._done.get(params)
         if done is None:
             return None
@@ -215,25 +238,34 @@ class EarlyLoads:
                 self._done[params].set()
 
     def _build(self, params: SessionParams) -> None:
+        model_path = Path(params.model_path)
+        sha256 = stamped_model_sha256(model_path)
+        if sha256 is None:
+            return
+        cached = self._cache.find(params, sha256) if self._cache is not None else None
         try:
-            session = create_session(params)
+            session = create_session(params, source=cached.path if cached else None)
         except SessionBuildError as exc:
             log.debug("early load of %s failed (it loads the normal way): %s", params.model_path, exc)
             return
         # A write during the build would leave the session with bytes nobody verified.
-        if _stamp_unchanged(Path(params.model_path)):
-            with self._lock:
-                self._built[params] = session
+        if stamped_model_sha256(model_path) != sha256:
+            return
+        if cached is not None and (self._cache is None or self._cache.find(params, sha256) != cached):
+            return
+        with self._lock:
+            self._built[params] = (session, cached)
 
 
-def start_early(data_dir: Path) -> EarlyLoads | None:
+def start_early(data_dir: Path, cache: SessionCache | None = None) -> EarlyLoads | None:
     """Start building the sessions of the active versions that are unchanged since their last full
-    verification and were loaded by the last start; None when there are none (nothing imported)."""
+    verification and were loaded by the last start, from ``cache``'s entries where it has them;
+    None when there are none (nothing imported)."""
     active = _active_dirs(Path(data_dir))
     jobs = [
         p
         for p in read_hints(Path(data_dir))
-        if Path(p.model_path).parent in active and _stamp_unchanged(Path(p.model_path))
+        if Path(p.model_path).parent in active and stamped_model_sha256(Path(p.model_path)) is not None
     ]
     if not jobs:
         return None
@@ -244,4 +276,4 @@ def start_early(data_dir: Path) -> EarlyLoads | None:
         log.debug("no early load: %s", exc)
         return None
 
-    return EarlyLoads(jobs).start()
+    return EarlyLoads(jobs, cache).start()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.early import HINTS_NAME, EarlyLoads, SessionParams, hints_doc, read_hints
 from agent.runtimes import ModelRuntime, load_runtime, runtime_class
+from agent.session_cache import SessionCache
 from agent.store import ModelStore
 from sdk.errors import EdgeError
 from sdk.fsio import write_atomic
@@ -32,16 +33,24 @@ class OpenedRuntime:
 
 
 def open_runtime(
-    store: ModelStore, name: str, version: str, *, threads: int | None, early: EarlyLoads | None = None
+    store: ModelStore,
+    name: str,
+    version: str,
+    *,
+    threads: int | None,
+    early: EarlyLoads | None = None,
+    cache: SessionCache | None = None,
 ) -> OpenedRuntime:
     """Load the runtime of an installed version (not served yet) and warm it up; ``early`` may
-    hold its session already (:mod:`agent.early`)."""
+    hold its session already (:mod:`agent.early`), ``cache`` its optimised model
+    (:mod:`agent.session_cache`)."""
     started = time.perf_counter()
     runtime = load_runtime(
         store.version_dir(name, version),
         store.manifest(name, version),
         threads=threads,
         early=early,
+        cache=cache,
     )
     warm_up(runtime)
     return OpenedRuntime(runtime, time.perf_counter() - started)
@@ -71,10 +80,17 @@ class Preloader:
     may use an early session. It records the parameters of the sessions it built for the next start.
     """
 
-    def __init__(self, store: ModelStore, threads: int | None, early: EarlyLoads | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        threads: int | None,
+        early: EarlyLoads | None = None,
+        cache: SessionCache | None = None,
+    ) -> None:
         self._store = store
         self._threads = threads
         self._early = early
+        self._cache = cache
         self._jobs: list[tuple[str, str]] = []
         self._opened: dict[tuple[str, str], OpenedRuntime] = {}
         self._thread = threading.Thread(target=self._run, name="model-preload", daemon=True)
@@ -106,7 +122,12 @@ class Preloader:
             for name, version in self._jobs:
                 try:
                     self._opened[(name, version)] = open_runtime(
-                        self._store, name, version, threads=self._threads, early=self._early
+                        self._store,
+                        name,
+                        version,
+                        threads=self._threads,
+                        early=self._early,
+                        cache=self._cache,
                     )
                 except EdgeError as exc:
                     log.debug("preloading %s %s failed: %s", name, version, exc)

@@ -21,13 +21,16 @@ import numpy as np
 
 from agent.batching import Activity, Scheduler, SchedulingConfig
 from agent.drift import DriftTracker
+from agent.early import SessionParams, stamped_model_sha256
 from agent.memory import release_freed_memory
 from agent.metrics import AgentMetrics, VersionMetrics
 from agent.monitoring.monitor import ModelMonitor, MonitorSettings, VersionMonitor
 from agent.monitoring.outputs import reader_for
 from agent.monitoring.shadow import ShadowRunner, ShadowSettings
 from agent.preload import OpenedRuntime, open_runtime, write_hints
+from agent.priority import lowest_priority
 from agent.runtimes import ModelRuntime
+from agent.session_cache import CachedModel, SessionCache, cache_key
 from agent.stats import TelemetryBook, VersionStats
 from agent.store import ModelStore
 from sdk.errors import EdgeError, ModelNotFoundError
@@ -72,8 +75,12 @@ class ModelRepository:
         threads: int | None = None,
         monitoring: MonitorSettings | None = None,
         shadowing: ShadowSettings | None = None,
+        session_cache: SessionCache | None = None,
     ) -> None:
         self.store = store
+        #: ONNX Runtime's optimised copies of the served models (agent.session_cache), or None
+        self.session_cache = session_cache
+        self._cache_lock = threading.Lock()
         self.monitoring = monitoring or MonitorSettings()
         self.shadowing = shadowing or ShadowSettings()
         self._monitors: dict[str, ModelMonitor] = {}
@@ -156,6 +163,66 @@ class ModelRepository:
         self._sync_shadow(name)
         # the new session's build left its parse buffers free (the old one's go after its drain)
         release_freed_memory(f"loading {name}")
+        if self.session_cache is not None:
+            # so that the next start (a reboot after an update) builds the new version fast too
+            threading.Thread(target=self._fill_in_background, name="session-cache", daemon=True).start()
+
+    # ------------------------------------------------------------------------- session cache
+
+    def check_session_cache(self) -> None:
+        """Re-hash the cache entries the serving sessions were built from (once, after start-up,
+        beside the store's own re-hash); a damaged entry is deleted and its model loaded again
+        from the verified original."""
+        cache = self.session_cache
+        if cache is None:
+            return
+        for name, model in list(self._models.items()):
+            cached = getattr(model.runtime, "cached", None)
+            if isinstance(cached, CachedModel) and not cache.verify(cached):
+                log.error(
+                    "the session cache entry of %s %s is damaged: deleted, loading the model again",
+                    name,
+                    model.version,
+                )
+                cache.discard(cached.key)
+                self._reload(name, {}, rebuild=True)
+
+    def fill_session_cache(self) -> None:
+        """Cache every served ONNX Runtime session that has no entry yet; delete the entries of
+        sessions no longer served. Slow (a second session build per model): call it from a thread
+        at the lowest priority."""
+        cache = self.session_cache
+        if cache is None:
+            return
+        with self._cache_lock:
+            keep: set[str] = set()
+            built = False
+            for model in list(self._models.values()):
+                params = getattr(model.runtime, "params", None)
+                sha256 = getattr(model.runtime, "model_sha256", None)
+                if not isinstance(params, SessionParams) or not isinstance(sha256, str):
+                    continue
+                if not cache.cacheable(params):
+                    continue
+                keep.add(cache_key(params, sha256))
+                smoke = model.manifest.smoke
+                probe = {n: t.to_numpy() for n, t in smoke.inputs.items()} if smoke is not None else None
+                if cache.find(params, sha256) is None:
+                    model_path = Path(params.model_path)
+                    cache.build(
+                        params, sha256, probe, lambda p=model_path, h=sha256: stamped_model_sha256(p) == h
+                    )
+                    built = True
+            cache.prune(keep)
+        if built:
+            release_freed_memory("building the session cache")
+
+    def _fill_in_background(self) -> None:
+        lowest_priority()
+        try:
+            self.fill_session_cache()
+        except Exception:
+            log.exception("filling the session cache failed")
 
     def _sync_shadow(self, name: str) -> None:
         with self._reload_lock:
@@ -217,11 +284,12 @@ class ModelRepository:
                 stats.shadow = None
         threading.Thread(target=runner.close, name=f"shadow-stop-{runner.name}", daemon=True).start()
 
-    def _reload(self, name: str, opened: dict[tuple[str, str], OpenedRuntime]) -> None:
+    def _reload(self, name: str, opened: dict[tuple[str, str], OpenedRuntime], rebuild: bool = False) -> None:
+        """``rebuild``: load the active version again even where it is the one serving."""
         with self._reload_lock:
             version = self.store.active_versions().get(name)
             current = self._models.get(name)
-            if current is not None and current.version == version:
+            if current is not None and current.version == version and not rebuild:
                 return
             if version is None:
                 if current is not None:
@@ -251,7 +319,7 @@ class ModelRepository:
         earlier_s = opened.seconds if opened is not None else 0.0
         scheduling = self._scheduling(name)
         if opened is None:
-            opened = open_runtime(self.store, name, version, threads=self._threads)
+            opened = open_runtime(self.store, name, version, threads=self._threads, cache=self.session_cache)
         runtime, manifest = opened.runtime, opened.runtime.manifest
         drift = DriftTracker(manifest.reference)
         stats = self.book.for_version(name, version, drift)

@@ -20,6 +20,7 @@ from agent.early import EarlyLoads
 from agent.memory import release_freed_memory
 from agent.preload import Preloader
 from agent.priority import lowest_priority
+from agent.session_cache import SessionCache
 from agent.settings import AgentSettings
 from agent.store import ModelStore
 from sdk.errors import ConfigError
@@ -70,7 +71,8 @@ class AgentService:
         self.sock: socket.socket = bind(settings.host, settings.port)
         try:
             self.store.verify_active(full=False)
-            self._preloader = Preloader(self.store, settings.threads, early).start()
+            self.session_cache = SessionCache(settings.data_dir) if settings.session_cache else None
+            self._preloader = Preloader(self.store, settings.threads, early, self.session_cache).start()
             self.executor = ThreadPoolExecutor(
                 max_workers=max(4, settings.max_concurrency * 2), thread_name_prefix="infer"
             )
@@ -103,6 +105,7 @@ class AgentService:
             settings.threads,
             monitoring=settings.monitor_settings(),
             shadowing=settings.shadow_settings(),
+            session_cache=self.session_cache,
         )
         self.dataplane = DataPlane(self.repository, self.metrics)
         self.app = AgentApp(
@@ -195,6 +198,13 @@ class AgentService:
             self.store.poll_changes()
         except Exception:
             log.exception("verifying the active models in the background failed")
+        # The session cache, in the same spirit: its entries re-hashed, then the missing ones built
+        # (each a second session build: after start-up, never before ready).
+        try:
+            self.repository.check_session_cache()
+            self.repository.fill_session_cache()
+        except Exception:
+            log.exception("checking or filling the session cache failed")
 
     def _watch(self) -> None:
         while not self._stop.wait(self.settings.poll_interval_s):

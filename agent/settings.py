@@ -75,6 +75,9 @@ class AgentSettings(BaseModel):
     inline_below_ms: float = Field(0.3, ge=0)
     #: intra-op threads per model; None: the hardware profile's count, capped at the CPU count.
     threads: int | None = Field(None, ge=1)
+    #: keep ONNX Runtime's optimised, prepacked copy of each served model under
+    #: ``<data-dir>/cache/onnxruntime`` and build sessions from it (agent.session_cache)
+    session_cache: bool = True
     #: how often to look for versions another process activated (``edge-agent install`` beside serve).
     poll_interval_s: float = Field(2.0, gt=0)
     sync: SyncSettings | None = None

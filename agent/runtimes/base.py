@@ -19,6 +19,7 @@ from sdk.manifest import Manifest, TensorSpec
 
 if TYPE_CHECKING:
     from agent.early import EarlyLoads
+    from agent.session_cache import SessionCache
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,21 @@ def runtime_class(manifest: Manifest) -> type[ModelRuntime]:
 
 
 def load_runtime(
-    directory: Path, manifest: Manifest, *, threads: int | None = None, early: EarlyLoads | None = None
+    directory: Path,
+    manifest: Manifest,
+    *,
+    threads: int | None = None,
+    early: EarlyLoads | None = None,
+    cache: SessionCache | None = None,
 ) -> ModelRuntime:
     """Load the model file of an unpacked, verified bundle with the runtime its manifest names;
-    ``early``: ONNX Runtime sessions started before verification (:mod:`agent.early`)."""
+    ``early``: ONNX Runtime sessions started before verification (:mod:`agent.early`); ``cache``:
+    ONNX Runtime's optimised copies of the models (:mod:`agent.session_cache`)."""
     cls = runtime_class(manifest)
-    if early is not None and manifest.runtime == "onnxruntime":
+    if manifest.runtime == "onnxruntime":
         from agent.runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(directory / manifest.model_file, manifest, threads=threads, early=early)
+        return OnnxRuntime(
+            directory / manifest.model_file, manifest, threads=threads, early=early, cache=cache
+        )
     return cls(directory / manifest.model_file, manifest, threads=threads)

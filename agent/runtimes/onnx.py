@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from agent.early import EarlyLoads, SessionBuildError, SessionParams, create_session
 from agent.runtimes.base import ModelRuntime, RuntimeClosedError, RuntimeLoadError
+from agent.session_cache import CachedModel, SessionCache
 from sdk.errors import EdgeError
 from sdk.manifest import Manifest
 from sdk.profiles import load_profile
@@ -94,9 +95,12 @@ class OnnxRuntime(ModelRuntime):
         *,
         threads: int | None = None,
         early: EarlyLoads | None = None,
+        cache: SessionCache | None = None,
     ) -> None:
         """``early``: sessions built before start-up verified anything; one is used only when built
-        with exactly the parameters this verified manifest asks for (see :mod:`agent.early`)."""
+        with exactly the parameters this verified manifest asks for (see :mod:`agent.early`).
+        ``cache``: build from its optimised copy of the model when it has one
+        (:mod:`agent.session_cache`)."""
         super().__init__(model_path, manifest)
         wanted, profile_threads = _profile_settings(manifest)
         # Measured on 2 cores: one intra-op thread per run (runs x threads = cores) lost at
@@ -106,14 +110,18 @@ class OnnxRuntime(ModelRuntime):
         # The parameters asked for, not the providers that started: the next start's early load
         # (agent.early) is keyed by them and falls back through the providers the same way.
         self.params = session_params(model_path, manifest, threads, providers)
-        session = early.take(self.params) if early is not None else None
-        if session is not None:
+        #: the model's sha256, as the verified manifest pins it (the session cache's key has it).
+        self.model_sha256 = (
+            manifest.files[manifest.model_file].sha256 if manifest.model_file in manifest.files else None
+        )
+        #: the session cache entry the session was built from, if any (re-hashed after start-up).
+        self.cached: CachedModel | None = None
+        taken = early.take(self.params) if early is not None else None
+        if taken is not None:
+            session, self.cached = taken
             log.info("%s %s: using the session loaded early", manifest.name, manifest.version)
         else:
-            try:
-                session = create_session(self.params)
-            except SessionBuildError as exc:
-                raise RuntimeLoadError(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+            session = self._build(cache)
         self.session: ort.InferenceSession | None = session
         for p in providers:
             if p not in session.get_providers():
@@ -123,15 +131,39 @@ class OnnxRuntime(ModelRuntime):
                     session.get_providers()[0],
                 )
         log.info(
-            "%s %s loaded on %s with %d threads",
+            "%s %s loaded on %s with %d threads%s",
             manifest.name,
             manifest.version,
             session.get_providers()[0],
             threads,
+            " from the session cache" if self.cached is not None else "",
         )
         self.backend = session.get_providers()[0]
         self._string_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(string)"}
         self._all_outputs = [o.name for o in session.get_outputs()]
+
+    def _build(self, cache: SessionCache | None) -> ort.InferenceSession:
+        cached = (
+            cache.find(self.params, self.model_sha256)
+            if cache is not None and self.model_sha256 is not None
+            else None
+        )
+        if cached is not None:
+            try:
+                session = create_session(self.params, source=cached.path)
+            except SessionBuildError as exc:
+                log.warning("session cache entry %s does not load (%s); deleting it", cached.key, exc)
+                assert cache is not None
+                cache.discard(cached.key)
+            else:
+                self.cached = cached
+                return session
+        try:
+            return create_session(self.params)
+        except SessionBuildError as exc:
+            raise RuntimeLoadError(
+                f"onnxruntime cannot load {Path(self.params.model_path).name}: {exc}"
+            ) from None
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None

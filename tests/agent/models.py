@@ -77,6 +77,28 @@ def mlp_onnx(path: Path, width: int, depth: int, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
+def mlp_bundle(folder: Path, key: keys.Ed25519PrivateKey, model: Path, name: str, version: str) -> Path:
+    """A signed bundle of an :func:`mlp_onnx` model (input ``x`` and output ``y``, ``[-1, width]``)
+    with a smoke sample the model itself answered."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    width = session.get_inputs()[0].shape[1]
+    x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
+    y = session.run(None, {"x": x})[0]
+    return bundle_from_onnx(
+        folder,
+        key,
+        model,
+        name=name,
+        version=version,
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, width])],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
+        smoke_inputs={"x": x},
+        smoke_outputs={"y": y},
+    )
+
+
 def _stats(values: np.ndarray, bins: int = 10) -> TensorStats:
     fractions, edges = np.histogram(values, bins=bins)
     return TensorStats(

@@ -38,7 +38,7 @@ def test_an_unchanged_version_is_served_by_the_session_loaded_early(
     _first_start(data_dir, start_agent)
     early = start_early(data_dir)
     assert early is not None
-    [(params, session)] = _built(early).items()
+    [(params, (session, _cached))] = _built(early).items()
     agent = start_agent(early=early)
     runtime = agent.repository.get("affine").runtime
     assert runtime.session is session  # type: ignore[attr-defined]
