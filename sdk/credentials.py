@@ -78,3 +78,13 @@ class DeviceCredentials(BaseModel):
             raise ConfigError(f"{path} is not a valid credentials file: {validation_summary(exc)}") from None
         except ValueError as exc:
             raise ConfigError(f"{path} is not a valid credentials file: {exc}") from None
+
+    @classmethod
+    def load_for(cls, path: str | Path, device_id: str) -> DeviceCredentials:
+        """:meth:`load`, refusing the credentials of another device."""
+        credentials = cls.load(path)
+        if credentials.device_id != device_id:
+            raise ConfigError(
+                f"{path} holds the credentials of device {credentials.device_id!r}, not {device_id!r}"
+            )
+        return credentials

@@ -26,7 +26,7 @@ from agent.sync.reserve import DEFAULT_RESERVE_BYTES, DiskReserve
 from agent.sync.telemetry import TelemetrySampler
 from sdk import messages
 from sdk.credentials import DeviceCredentials
-from sdk.errors import ConfigError, ProtocolError
+from sdk.errors import ProtocolError
 from sdk.keys import public_key_from_b64
 from sdk.topics import check_device_id, topic
 
@@ -86,11 +86,7 @@ class SyncService:
         """Load credentials and start the background threads; returns at once, broker or not."""
         config, tuning = self.config, self._tuning
         device_id = check_device_id(config.device_id)
-        credentials = DeviceCredentials.load(config.credentials_file)
-        if credentials.device_id != device_id:
-            raise ConfigError(
-                f"{config.credentials_file} holds the credentials of device {credentials.device_id!r}, not {device_id!r}"
-            )
+        credentials = DeviceCredentials.load_for(config.credentials_file, device_id)
         # The site CA (inline or a file beside the credentials) verifies both mqtts and https.
         tls_context = credentials.ssl_context()
         fleet_key = public_key_from_b64(credentials.fleet_key) if credentials.fleet_key else None
