@@ -8,7 +8,12 @@ worker thread, at the lowest CPU priority, runs the shadow on each mirrored requ
 ONNX Runtime runs them on the worker itself), in alternating order: both latencies are measured
 the same way, on the same inputs, under the same load. What the shadow costs the callers grows
 with ``share`` (bench/agent.py --monitoring: a 2-thread, normal-priority worker running both on
-every one of 25 % of requests added 0.3-1.7 ms to the callers' p50 on 2 cores). Agreement compares the shadow's prediction with the answer the caller got.
+every one of 25 % of requests added 0.3-1.7 ms to the callers' p50 on 2 cores). The worker is also
+busy at most ``max_busy`` (20 %) of the time: after each mirrored request it rests four times as
+long as its runs took, because even at the lowest priority a run shares memory bandwidth and caches
+with the callers' (the 96 MB bench model's p50 moved by +0.5-0.9 ms with a shadow before this, at
+10 % mirrored); mirrored requests offered meanwhile wait in the queue or are dropped (counted).
+Agreement compares the shadow's prediction with the answer the caller got.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class ShadowSettings:
     queue: int = 16
     #: requests with more input bytes than this are not mirrored (the queue holds their inputs)
     max_bytes: int = 1024 * 1024
+    #: the worker runs at most this share of the time and rests in between (see ShadowRunner._work)
+    max_busy: float = 0.2
     min_samples: int = 20
     window_s: float = 3600.0
     window_rows: int = 20_000
@@ -101,6 +108,7 @@ class ShadowRunner:
         self._touched = False
         self._flip = False
         self._count_runs = 0
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._work, name=f"shadow-{name}", daemon=True)
         self._thread.start()
 
@@ -142,27 +150,39 @@ class ShadowRunner:
             item = self._queue.get()
             if item is None:
                 return
-            inputs, active_prediction, entry = item
-            try:
-                shadow_out, shadow_s, active_s = self._run_both(inputs)
-                prediction = self.reader.read(shadow_out)
-            except Exception as exc:  # a failing shadow is a finding, not an agent failure
-                log.debug("shadow %s %s failed: %s", self.name, self.version, exc)
-                with self._lock:
-                    self.errors += 1
-                    self._touched = True
-                continue
-            if prediction is None:
-                with self._lock:
-                    self.errors += 1
-                continue
-            if entry is not None:
-                entry.shadow, entry.shadow_version = prediction, self.version
+            started = time.perf_counter()
+            self._evaluate(*item)
+            # Rest in proportion to the time the runs took (wall time: a run stretched by the
+            # callers' requests rests longer): the worker is busy at most ``max_busy`` of the time,
+            # so most callers' requests never overlap a shadow run (memory bandwidth and caches
+            # are shared even when the CPU is not). Offers made meanwhile queue, then drop.
+            busy = time.perf_counter() - started
+            if self._closing.wait(busy * (1 - self.settings.max_busy) / self.settings.max_busy):
+                return
+
+    def _evaluate(
+        self, inputs: dict[str, np.ndarray], active_prediction: Prediction, entry: Entry | None
+    ) -> None:
+        try:
+            shadow_out, shadow_s, active_s = self._run_both(inputs)
+            prediction = self.reader.read(shadow_out)
+        except Exception as exc:  # a failing shadow is a finding, not an agent failure
+            log.debug("shadow %s %s failed: %s", self.name, self.version, exc)
             with self._lock:
-                self._runs.append(
-                    (time.time(), agree(active_prediction, prediction), shadow_s * 1e3, active_s * 1e3)
-                )
+                self.errors += 1
                 self._touched = True
+            return
+        if prediction is None:
+            with self._lock:
+                self.errors += 1
+            return
+        if entry is not None:
+            entry.shadow, entry.shadow_version = prediction, self.version
+        with self._lock:
+            self._runs.append(
+                (time.time(), agree(active_prediction, prediction), shadow_s * 1e3, active_s * 1e3)
+            )
+            self._touched = True
 
     def _run_both(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
         """The shadow's outputs and seconds, and on every ``TIMED_EVERY``-th request the active
@@ -185,6 +205,7 @@ class ShadowRunner:
         return outputs, timings[id(self.runtime)], timings[id(self.active)]
 
     def close(self) -> None:
+        self._closing.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=5)
         self._thread.join(timeout=10)

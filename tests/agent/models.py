@@ -77,25 +77,32 @@ def mlp_onnx(path: Path, width: int, depth: int, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
-def mlp_bundle(folder: Path, key: keys.Ed25519PrivateKey, model: Path, name: str, version: str) -> Path:
-    """A signed bundle of an :func:`mlp_onnx` model (input ``x`` and output ``y``, ``[-1, width]``)
-    with a smoke sample the model itself answered."""
+def onnx_bundle(folder: Path, key: keys.Ed25519PrivateKey, model: Path, name: str, version: str) -> Path:
+    """A signed bundle of a one-input float ONNX model (an :func:`mlp_onnx`, a CNN exported from
+    PyTorch), its tensor specs read from the model (a dynamic dimension is -1), with a smoke sample
+    the model itself answered."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    width = session.get_inputs()[0].shape[1]
-    x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
-    y = session.run(None, {"x": x})[0]
+    [first] = session.get_inputs()
+
+    def shape(dims: list[object]) -> list[int]:
+        return [d if isinstance(d, int) else -1 for d in dims]
+
+    x = np.random.default_rng(0).standard_normal([max(d, 1) for d in shape(first.shape)]).astype(np.float32)
+    ys = session.run(None, {first.name: x})
     return bundle_from_onnx(
         folder,
         key,
         model,
         name=name,
         version=version,
-        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, width])],
-        outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, width])],
-        smoke_inputs={"x": x},
-        smoke_outputs={"y": y},
+        inputs=[TensorSpec(name=first.name, datatype="FP32", shape=shape(first.shape))],
+        outputs=[
+            TensorSpec(name=o.name, datatype="FP32", shape=shape(o.shape)) for o in session.get_outputs()
+        ],
+        smoke_inputs={first.name: x},
+        smoke_outputs={o.name: y for o, y in zip(session.get_outputs(), ys, strict=True)},
     )
 
 

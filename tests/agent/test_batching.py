@@ -18,8 +18,7 @@ from agent.service import AgentService
 from agent.store import ModelStore
 from sdk import keys
 from sdk.errors import OverloadedError
-from sdk.manifest import TensorSpec
-from tests.agent.models import bundle_from_onnx, mlp_onnx
+from tests.agent.models import mlp_onnx, onnx_bundle
 
 
 def _affine_run(calls: list[int]) -> Callable[..., dict[str, np.ndarray]]:
@@ -87,23 +86,7 @@ def test_full_queue_is_refused(batch: int) -> None:
 
 
 def _mlp_bundle(tmp_path: Path, key: keys.Ed25519PrivateKey) -> Path:
-    model = mlp_onnx(tmp_path / "mlp.onnx", width=256, depth=4)
-    x = np.ones((1, 256), np.float32)
-    import onnxruntime as ort
-
-    y = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
-    spec = [TensorSpec(name="x", datatype="FP32", shape=[-1, 256])]
-    return bundle_from_onnx(
-        tmp_path / "b",
-        key,
-        model,
-        name="mlp",
-        version="1",
-        inputs=spec,
-        outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 256])],
-        smoke_inputs={"x": x},
-        smoke_outputs={"y": y},
-    )
+    return onnx_bundle(tmp_path / "b", key, mlp_onnx(tmp_path / "mlp.onnx", width=256, depth=4), "mlp", "1")
 
 
 async def _burst(url: str, n: int, rows: int = 1) -> list[httpx.Response]:

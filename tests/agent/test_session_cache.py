@@ -19,7 +19,7 @@ from agent.session_cache import CACHE_DIR, DATA_NAME, ENTRY_NAME, MIN_BYTES, Ses
 from agent.store import ModelStore
 from sdk import keys
 from sdk.agent_client import AgentClient
-from tests.agent.models import mlp_bundle, mlp_onnx
+from tests.agent.models import mlp_onnx, onnx_bundle
 from tests.support.disk import small_tmpfs
 
 Start = Callable[..., AgentService]
@@ -30,7 +30,7 @@ WIDTH = 1024  # 1024 x 1024 fp32 = 4 MiB a layer: two layers are past the cache'
 def mlp(tmp_path: Path, key: keys.Ed25519PrivateKey) -> Path:
     model = mlp_onnx(tmp_path / "mlp.onnx", width=WIDTH, depth=2)
     assert model.stat().st_size >= MIN_BYTES
-    return mlp_bundle(tmp_path / "bundles", key, model, "mlp", "1")
+    return onnx_bundle(tmp_path / "bundles", key, model, "mlp", "1")
 
 
 def _x() -> np.ndarray:
@@ -60,7 +60,7 @@ def test_the_next_start_builds_from_the_entry_and_answers_as_the_original(
 ) -> None:
     store.install(mlp)
     agent = start_agent()
-    assert getattr(agent.repository.get("mlp").runtime, "cached") is None  # nothing cached yet
+    assert agent.repository.get("mlp").runtime.cached is None  # nothing cached yet
     original = _infer(agent)
     entry = _cached_start(agent)
     agent.stop()
@@ -68,7 +68,7 @@ def test_the_next_start_builds_from_the_entry_and_answers_as_the_original(
     assert (entry / DATA_NAME).stat().st_size > (store.version_dir("mlp", "1") / "model.onnx").stat().st_size
 
     agent = start_agent()
-    cached = getattr(agent.repository.get("mlp").runtime, "cached")
+    cached = agent.repository.get("mlp").runtime.cached
     assert cached is not None and cached.path.parent == entry
     np.testing.assert_allclose(_infer(agent), original, rtol=1e-5, atol=1e-6)
     agent.stop()
@@ -78,7 +78,7 @@ def test_the_next_start_builds_from_the_entry_and_answers_as_the_original(
     assert early is not None
     agent = start_agent(early=early)
     runtime = agent.repository.get("mlp").runtime
-    assert getattr(runtime, "cached") == cached
+    assert runtime.cached == cached
     np.testing.assert_allclose(_infer(agent), original, rtol=1e-5, atol=1e-6)
 
 
@@ -95,7 +95,7 @@ def test_an_entry_written_to_since_is_not_used(
 
     assert start_early(data_dir, SessionCache(data_dir)) is not None
     agent = start_agent()
-    assert getattr(agent.repository.get("mlp").runtime, "cached") is None
+    assert agent.repository.get("mlp").runtime.cached is None
     np.testing.assert_allclose(_infer(agent), original, rtol=1e-5, atol=1e-6)
 
 
@@ -114,22 +114,29 @@ def test_an_entry_whose_bytes_no_longer_hash_as_recorded_is_deleted_and_the_mode
     (entry / ENTRY_NAME).write_text(json.dumps(doc))
 
     agent = start_agent()
-    assert getattr(agent.repository.get("mlp").runtime, "cached") is not None  # the light check passed
+    assert agent.repository.get("mlp").runtime.cached is not None  # the light check passed
     with caplog.at_level(logging.ERROR, logger="agent.repository"):
         agent.repository.check_session_cache()
     assert "damaged" in caplog.text
     assert not entry.exists()
-    assert getattr(agent.repository.get("mlp").runtime, "cached") is None  # rebuilt from the original
+    assert agent.repository.get("mlp").runtime.cached is None  # rebuilt from the original
     np.testing.assert_allclose(_infer(agent), original, rtol=1e-5, atol=1e-6)
 
 
 def test_entries_of_versions_no_longer_served_are_deleted(
-    tmp_path: Path, data_dir: Path, store: ModelStore, key: keys.Ed25519PrivateKey, mlp: Path, start_agent: Start
+    tmp_path: Path,
+    data_dir: Path,
+    store: ModelStore,
+    key: keys.Ed25519PrivateKey,
+    mlp: Path,
+    start_agent: Start,
 ) -> None:
     store.install(mlp)
     agent = start_agent()
     first = _cached_start(agent)
-    v2 = mlp_bundle(tmp_path / "bundles-2", key, mlp_onnx(tmp_path / "mlp2.onnx", WIDTH, 2, seed=1), "mlp", "2")
+    v2 = onnx_bundle(
+        tmp_path / "bundles-2", key, mlp_onnx(tmp_path / "mlp2.onnx", WIDTH, 2, seed=1), "mlp", "2"
+    )
     agent.store.install(v2)  # the running agent swaps to 2
     assert agent.repository.get("mlp").version == "2"
     second = _cached_start(agent)
@@ -144,7 +151,7 @@ def test_a_gpu_session_or_a_small_model_is_not_cached(
     agent = start_agent()
     agent.repository.fill_session_cache()
     assert len(_entries(data_dir)) == 1  # the MLP's only
-    params = getattr(agent.repository.get("mlp").runtime, "params")
+    params = agent.repository.get("mlp").runtime.params
     cache = SessionCache(data_dir)
     assert cache.cacheable(params)
     gpu = dataclasses.replace(params, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))

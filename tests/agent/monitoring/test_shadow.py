@@ -140,3 +140,39 @@ def test_a_shadow_installed_before_a_restart_runs_again_after_it(
     _wait(lambda: len(runner._runs) == 8)
     [telemetry] = agent.repository.telemetry_snapshot()
     assert telemetry.shadow is not None and telemetry.shadow.agreement == 1.0
+
+
+class _Timed(_Gate):
+    """A runtime that takes 10 ms a run and records when each ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+        self.spans: list[tuple[float, float]] = []
+
+    def run(self, inputs: dict[str, np.ndarray], names: list[str] | None) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        time.sleep(0.01)
+        self.spans.append((started, time.perf_counter()))
+        return {"y": np.zeros((1, 3), np.float32)}
+
+
+def test_the_shadow_worker_rests_between_runs_so_it_is_busy_at_most_its_share() -> None:
+    """Busy at most ``max_busy`` of the time: after a run, the worker rests (1 - max_busy) / max_busy
+    times as long as the run took, whatever is queued, so most callers' requests meet no shadow run."""
+    shadow, active = _Timed(), _Timed()
+    runner = ShadowRunner(
+        "m",
+        "2",
+        shadow,
+        OutputReader("classifier", "y", 3),
+        active,  # type: ignore[arg-type]
+        "1",
+        ShadowSettings(share=1.0, queue=8, max_busy=0.25),
+    )
+    for _ in range(3):  # queued at once; the first three runs are the shadow's alone (TIMED_EVERY)
+        runner.offer({"x": np.zeros((1, 4), np.float32)}, Prediction((0,), (0.9,)), None)
+    _wait(lambda: len(runner._runs) == 3)
+    runner.close()
+    for (start, end), (next_start, _) in zip(shadow.spans, shadow.spans[1:]):
+        assert next_start - end >= 3 * (end - start)  # rest >= (1 - 0.25) / 0.25 x the run
