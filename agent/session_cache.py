@@ -23,9 +23,11 @@ it serves from in the background after start-up; a damaged entry is deleted and 
 from the verified original. Entries are written in a temporary folder and renamed into place, so a
 crash leaves a whole entry or none.
 
-Bounded: only CPU-only sessions of models of at least ``min_bytes`` are cached; a build needs
-twice the model's size free in memory and leaves at least ``_DISK_MARGIN`` of the disk free; entries
-of versions no longer served are deleted (:meth:`SessionCache.prune`).
+Bounded: only CPU-only sessions of models of at least ``min_bytes`` are cached; a build counts on
+four times the model's size (an entry holds the weights as read and as packed: twice an fp32
+model, four times an fp16 one whose weights the CPU serves as fp32), needs that much memory
+available, and leaves at least ``_DISK_MARGIN`` of the disk free after it; entries of versions no
+longer served are deleted (:meth:`SessionCache.prune`).
 
 Standard library only until a build: :mod:`agent.early` looks entries up before numpy is imported.
 """
@@ -293,8 +295,9 @@ class SessionCache:
             (self.root / f"{key}.failed").write_text(json.dumps({"reason": reason}))
 
     def _no_room(self, model_bytes: int) -> str | None:
-        # The saved file holds the weights twice (as read and as packed).
-        need = 2 * model_bytes
+        # The saved file holds the weights twice (as read and as packed); an fp16 model served on a
+        # CPU holds them as fp32 too (measured: 4x the model file).
+        need = 4 * model_bytes
         try:
             usage = shutil.disk_usage(self.root.parent.parent if not self.root.exists() else self.root)
         except OSError as exc:
