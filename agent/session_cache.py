@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.stampfacts import file_facts
+from sdk.host import available_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,17 +124,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 @dataclass(frozen=True)
@@ -308,7 +298,7 @@ class SessionCache:
                 f"it needs {need / 1e6:.0f} MB and would leave {max(usage.free - need, 0) / 1e6:.0f} MB free"
                 f" (the agent keeps {margin / 1e6:.0f} MB)"
             )
-        available = _available_memory()
+        available = available_bytes()
         if available is not None and available < need + _MEMORY_MARGIN:
             return f"building it needs ~{(need + _MEMORY_MARGIN) / 1e6:.0f} MB of memory, {available / 1e6:.0f} MB is available"
         return None

@@ -26,6 +26,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from sdk.host import available_bytes
+
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound="Raced")
@@ -37,18 +39,6 @@ DEFAULT_LIMIT_MB = 1536
 MIN_LIMIT_MB = 256
 #: about what a fresh ``edge-convert`` holds before converting (interpreter, numpy, ONNX Runtime).
 FRESH_PROCESS_MB = 256
-
-
-def available_bytes() -> int | None:
-    """``MemAvailable`` from /proc/meminfo (Linux), else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def resident_bytes() -> int:

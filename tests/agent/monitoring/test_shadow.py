@@ -100,17 +100,22 @@ class _Gate:
         pass
 
 
-def test_a_full_shadow_queue_drops_and_counts_instead_of_waiting() -> None:
-    shadow, active = _Gate(), _Gate()
-    runner = ShadowRunner(
+def _runner(shadow: _Gate, active: _Gate, settings: ShadowSettings) -> ShadowRunner:
+    """Version 2 of a 3-class model ``m`` shadowing version 1, on stand-in runtimes."""
+    return ShadowRunner(
         "m",
         "2",
-        shadow,
+        shadow,  # type: ignore[arg-type]
         OutputReader("classifier", "y", 3),
         active,  # type: ignore[arg-type]
         "1",
-        ShadowSettings(share=1.0, queue=2),
+        settings,
     )
+
+
+def test_a_full_shadow_queue_drops_and_counts_instead_of_waiting() -> None:
+    shadow, active = _Gate(), _Gate()
+    runner = _runner(shadow, active, ShadowSettings(share=1.0, queue=2))
     prediction = Prediction((0,), (0.9,))
     started = time.perf_counter()
     for _ in range(10):
@@ -161,15 +166,7 @@ def test_the_shadow_worker_rests_between_runs_so_it_is_busy_at_most_its_share() 
     """Busy at most ``max_busy`` of the time: after a run, the worker rests (1 - max_busy) / max_busy
     times as long as the run took, whatever is queued, so most callers' requests meet no shadow run."""
     shadow, active = _Timed(), _Timed()
-    runner = ShadowRunner(
-        "m",
-        "2",
-        shadow,
-        OutputReader("classifier", "y", 3),
-        active,  # type: ignore[arg-type]
-        "1",
-        ShadowSettings(share=1.0, queue=8, max_busy=0.25),
-    )
+    runner = _runner(shadow, active, ShadowSettings(share=1.0, queue=8, max_busy=0.25))
     for _ in range(3):  # queued at once; the first three runs are the shadow's alone (TIMED_EVERY)
         runner.offer({"x": np.zeros((1, 4), np.float32)}, Prediction((0,), (0.9,)), None)
     _wait(lambda: len(runner._runs) == 3)
