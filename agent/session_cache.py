@@ -35,6 +35,7 @@ Standard library only until a build: :mod:`agent.early` looks entries up before 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -71,6 +72,7 @@ _DISK_MARGIN = 256 * 1024 * 1024
 _MEMORY_MARGIN = 64 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_identity() -> str:
     """What the prepacked layout depends on: the machine, and the CPU's model and features."""
     wanted = (
