@@ -244,6 +244,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # numpy's OpenBLAS starts a thread per core that busy-waits after start, taking a core's worth
     # of CPU from the model loads on a small device; the agent does no BLAS work of its own.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # pydantic looks for plugins by reading the entry points of every installed distribution when
+    # the first model is built: ~10-15 ms of the manifest schema's import in the 170-package
+    # development environment (more with more packages). The agent uses none; a user who sets the
+    # variable (even to "") keeps their choice.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     # Before the ~200 ms of imports below: start building the sessions of the models that are
     # unchanged since their last verification. They serve nothing until the store has verified them
     # (agent.early explains why that is safe); a version changed on disk does not load early.

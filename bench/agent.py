@@ -606,15 +606,20 @@ def main() -> int:
         server.stop()
 
     warm_session_cache(data_dir, pub, [models[n][0] for n in names])
-    port = free_port()
-    cold = start(
-        "agent, no session cache",
-        agent_cmd(data_dir, pub, port, "--no-session-cache"),
-        port,
-        "/v2/health/ready",
-    )
-    ready.append(("edge-agent --no-session-cache, models loaded", cold.ready_s))
-    cold.stop()
+    # One start is one noisy sample on a shared host: the goal takes the median of alternating
+    # restarts, with and without the session cache.
+    restarts: dict[str, list[float]] = {}
+    for _ in range(5):
+        for label, extra in (
+            ("edge-agent (binary)", ()),
+            ("edge-agent --no-session-cache", ("--no-session-cache",)),
+        ):
+            port = free_port()
+            server = start(label, agent_cmd(data_dir, pub, port, *extra), port, "/v2/health/ready")
+            restarts.setdefault(label, []).append(server.ready_s)
+            server.stop()
+    for label, times in restarts.items():
+        ready.append((f"{label}, models loaded (median of 5 restarts)", float(np.median(times))))
     port = free_port()
     measure(
         "edge-agent (binary)",
@@ -979,7 +984,9 @@ def report(
     helped = next((s for label, s in ready if label.startswith("edge-agent --help")), None)
     if helped is not None:
         print(f"  edge-agent --help in {helped:.2f} s (goal < 0.5) {'OK' if helped < 0.5 else 'MISSED'}")
-    loaded = next((s for label, s in ready if label.startswith("edge-agent (binary)")), None)
+    loaded = next(
+        (s for label, s in ready if label.startswith("edge-agent (binary), models loaded (median")), None
+    )
     if loaded is not None:
         print(f"  ready with models in {loaded:.2f} s (goal <= 0.5) {'OK' if loaded <= 0.5 else 'MISSED'}")
 
