@@ -9,10 +9,10 @@ ONNX Runtime runs them on the worker itself), in alternating order: both latenci
 the same way, on the same inputs, under the same load. What the shadow costs the callers grows
 with ``share`` (bench/agent.py --monitoring: a 2-thread, normal-priority worker running both on
 every one of 25 % of requests added 0.3-1.7 ms to the callers' p50 on 2 cores). The worker is also
-busy at most ``max_busy`` (20 %) of the time: after each mirrored request it rests four times as
+busy at most ``max_busy`` (10 %) of the time: after each mirrored request it rests nine times as
 long as its runs took, because even at the lowest priority a run shares memory bandwidth and caches
 with the callers' (the 96 MB bench model's p50 moved by +0.5-0.9 ms with a shadow before this, at
-10 % mirrored); mirrored requests offered meanwhile wait in the queue or are dropped (counted).
+10 % mirrored; +0.21-0.23 ms with a 20 % cap); mirrored requests offered meanwhile wait in the queue or are dropped (counted).
 Agreement compares the shadow's prediction with the answer the caller got.
 """
 
@@ -55,7 +55,7 @@ class ShadowSettings:
     #: requests with more input bytes than this are not mirrored (the queue holds their inputs)
     max_bytes: int = 1024 * 1024
     #: the worker runs at most this share of the time and rests in between (see ShadowRunner._work)
-    max_busy: float = 0.2
+    max_busy: float = 0.1
     min_samples: int = 20
     window_s: float = 3600.0
     window_rows: int = 20_000
