@@ -3,8 +3,9 @@
 Start-up is explicit steps: bind the socket, check the active versions against their verification
 stamps, start loading them (:mod:`agent.preload`) while the HTTP side is imported and built, start
 the watcher (and check the sync side's configuration), then serve; once serving, the sync side
-starts, and every active version is re-hashed in the background (see :mod:`agent.stamp`). :meth:`AgentService.start_background` runs the same in a
-thread for tests and the bench.
+starts, every active version is re-hashed in the background (see :mod:`agent.stamp`) and the
+session cache is checked and filled (:mod:`agent.session_cache`).
+:meth:`AgentService.start_background` runs the same in a thread for tests and the bench.
 """
 
 from __future__ import annotations
