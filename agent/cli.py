@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="session_cache",
         action="store_false",
         help="do not keep ONNX Runtime's optimised copy of each model (it makes starts faster; "
-        "it takes about twice the model's size on disk)",
+        "it takes two to four times the model's size on disk)",
     )
     p.add_argument(
         "--no-monitoring",

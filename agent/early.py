@@ -242,7 +242,8 @@ class EarlyLoads:
         sha256 = stamped_model_sha256(model_path)
         if sha256 is None:
             return
-        cached = self._cache.find(params, sha256) if self._cache is not None else None
+        cache = self._cache
+        cached = cache.find(params, sha256) if cache is not None else None
         try:
             session = create_session(params, source=cached.path if cached else None)
         except SessionBuildError as exc:
@@ -251,7 +252,7 @@ class EarlyLoads:
         # A write during the build would leave the session with bytes nobody verified.
         if stamped_model_sha256(model_path) != sha256:
             return
-        if cached is not None and (self._cache is None or self._cache.find(params, sha256) != cached):
+        if cache is not None and cached is not None and cache.find(params, sha256) != cached:
             return
         with self._lock:
             self._built[params] = (session, cached)

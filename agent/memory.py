@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections.abc import Callable
+
+from sdk.host import resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 def resident_mib() -> float | None:
     """This process's resident memory in MiB (Linux), or None."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    resident = resident_bytes()
+    return None if resident is None else resident / 2**20
 
 
 def release_freed_memory(reason: str) -> bool:

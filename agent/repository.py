@@ -204,15 +204,20 @@ class ModelRepository:
                     continue
                 if not cache.cacheable(params):
                     continue
-                keep.add(cache_key(params, sha256))
+                key = cache_key(params, sha256)
+                keep.add(key)
+                if cache.find(params, sha256) is not None:
+                    continue
+                cache.discard(key)  # an entry written to since it was made is made again
+                if cache.failed(key):
+                    continue
                 smoke = model.manifest.smoke
                 probe = {n: t.to_numpy() for n, t in smoke.inputs.items()} if smoke is not None else None
-                if cache.find(params, sha256) is None:
-                    model_path = Path(params.model_path)
-                    cache.build(
-                        params, sha256, probe, lambda p=model_path, h=sha256: stamped_model_sha256(p) == h
-                    )
-                    built = True
+                model_path = Path(params.model_path)
+                cache.build(
+                    params, sha256, probe, lambda p=model_path, h=sha256: stamped_model_sha256(p) == h
+                )
+                built = True
             cache.prune(keep)
         if built:
             release_freed_memory("building the session cache")

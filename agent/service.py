@@ -202,8 +202,7 @@ class AgentService:
         previous version, or nothing) through the same listener path as any other change."""
         # Reading every model file is a core's worth of work for a while: let start-up finish and
         # let requests go first (a thread's nice value is its own on Linux).
-        while not self._server.started and not self._stop.wait(0.01):
-            pass
+        self._wait_until_serving()
         # The session builds' parse buffers are free now: give them back (agent.memory), once,
         # after ready rather than before it.
         release_freed_memory("start-up")
@@ -220,6 +219,13 @@ class AgentService:
             self.repository.fill_session_cache()
         except Exception:
             log.exception("checking or filling the session cache failed")
+
+    def _wait_until_serving(self) -> bool:
+        """Block until the server answers (True) or the agent stops first (False)."""
+        while not self._server.started:
+            if self._stop.wait(0.01):
+                return False
+        return True
 
     def _watch(self) -> None:
         while not self._stop.wait(self.settings.poll_interval_s):
@@ -242,10 +248,8 @@ class AgentService:
         """Start the sync side once the server answers: its imports (MQTT, HTTP client, the message
         schemas: 150-250 ms of CPU on a 2-core device) are not on the path to ready. If it cannot
         start, the agent stops with its error, as it did when the sync side started first."""
-        while not self._server.started and not self._stop.wait(0.01):
-            pass
         try:
-            if not self._stop.is_set():
+            if self._wait_until_serving() and not self._stop.is_set():
                 self._start_sync()
         except BaseException as exc:
             log.error("the fleet sync cannot start: %s", exc)

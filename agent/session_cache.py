@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.stampfacts import file_facts
+from sdk.fsio import fsync_dir, write_atomic
 from sdk.host import available_bytes
 
 if TYPE_CHECKING:
@@ -199,23 +200,24 @@ class SessionCache:
         if not self.cacheable(params):
             return None
         key = cache_key(params, model_sha256)
-        if (self.root / key / ENTRY_NAME).exists() or self._failed(key) is not None:
+        if (self.root / key / ENTRY_NAME).exists() or self.failed(key):
             return self.find(params, model_sha256)
-        size = Path(params.model_path).stat().st_size
-        why = self._no_room(size)
+        self.root.mkdir(parents=True, exist_ok=True)
+        why = self._no_room(Path(params.model_path).stat().st_size)
         if why is not None:
             log.info("not caching the session of %s: %s", params.model_path, why)
             return None
         tmp = self.root / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir()
         started = time.perf_counter()
         try:
             failure = self._save_and_check(params, tmp, probe)
             if failure is None and not unchanged():
-                failure = "the model changed on disk while it was saved"
-                shutil.rmtree(tmp, ignore_errors=True)
-                log.info("not caching the session of %s: %s", params.model_path, failure)
+                log.info(
+                    "not caching the session of %s: the model changed on disk while it was saved",
+                    params.model_path,
+                )
                 return None  # not the model's fault: try again next time
             if failure is not None:
                 self._record_failure(key, params, failure)
@@ -224,8 +226,6 @@ class SessionCache:
                 n: {"sha256": _sha256(tmp / n), "facts": file_facts(tmp / n)} for n in (MODEL_NAME, DATA_NAME)
             }
             doc = {"format": _FORMAT, "key": key, "model_sha256": model_sha256, "files": files}
-            from sdk.fsio import fsync_dir, write_atomic
-
             for n in (MODEL_NAME, DATA_NAME):
                 with (tmp / n).open("rb") as f:
                     os.fsync(f.fileno())
@@ -275,11 +275,9 @@ class SessionCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _failed(self, key: str) -> str | None:
-        try:
-            return str(json.loads((self.root / f"{key}.failed").read_bytes())["reason"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    def failed(self, key: str) -> bool:
+        """Whether building this entry failed before (it is not tried again for the key)."""
+        return (self.root / f"{key}.failed").is_file()
 
     def _record_failure(self, key: str, params: SessionParams, reason: str) -> None:
         log.warning("the session of %s cannot be cached (not tried again): %s", params.model_path, reason)
@@ -291,7 +289,7 @@ class SessionCache:
         # CPU holds them as fp32 too (measured: 4x the model file).
         need = 4 * model_bytes
         try:
-            usage = shutil.disk_usage(self.root.parent.parent if not self.root.exists() else self.root)
+            usage = shutil.disk_usage(self.root)
         except OSError as exc:
             return f"cannot read the free disk space: {exc}"
         margin = max(_DISK_MARGIN, usage.total // 20)

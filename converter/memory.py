@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from sdk import host
 from sdk.host import available_bytes
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,8 @@ FRESH_PROCESS_MB = 256
 
 def resident_bytes() -> int:
     """This process's resident memory now (peak so far where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return peak_bytes()
+    now = host.resident_bytes()
+    return peak_bytes() if now is None else now
 
 
 def peak_bytes() -> int:

@@ -12,8 +12,9 @@ every one of 25 % of requests added 0.3-1.7 ms to the callers' p50 on 2 cores). 
 busy at most ``max_busy`` (10 %) of the time: after each mirrored request it rests nine times as
 long as its runs took, because even at the lowest priority a run shares memory bandwidth and caches
 with the callers' (the 96 MB bench model's p50 moved by +0.5-0.9 ms with a shadow before this, at
-10 % mirrored; +0.21-0.23 ms with a 20 % cap); mirrored requests offered meanwhile wait in the queue or are dropped (counted).
-Agreement compares the shadow's prediction with the answer the caller got.
+10 % mirrored; +0.21-0.23 ms with a 20 % cap). Mirrored requests offered meanwhile wait in the
+queue or are dropped (counted). Agreement compares the shadow's prediction with the answer the
+caller got.
 """
 
 from __future__ import annotations

@@ -143,17 +143,13 @@ class OnnxRuntime(ModelRuntime):
         self._all_outputs = [o.name for o in session.get_outputs()]
 
     def _build(self, cache: SessionCache | None) -> ort.InferenceSession:
-        cached = (
-            cache.find(self.params, self.model_sha256)
-            if cache is not None and self.model_sha256 is not None
-            else None
-        )
-        if cached is not None:
+        """The session, from ``cache``'s entry of this model where it has a sound one."""
+        cached = cache.find(self.params, self.model_sha256) if cache and self.model_sha256 else None
+        if cache is not None and cached is not None:
             try:
                 session = create_session(self.params, source=cached.path)
             except SessionBuildError as exc:
                 log.warning("session cache entry %s does not load (%s); deleting it", cached.key, exc)
-                assert cache is not None
                 cache.discard(cached.key)
             else:
                 self.cached = cached
