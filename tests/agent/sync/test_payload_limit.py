@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -29,9 +31,21 @@ def test_link_drops_an_oversized_desired_state(tmp_path: Path, caplog: pytest.Lo
             fleet.connect(broker.host, broker.port)
             fleet.loop_start()
             name = topic("desired", "dev-1")
+            # The link counts as connected once it has sent SUBSCRIBE, not once the broker acted on
+            # it: under load a message published at once could reach the broker first and be lost.
+            # Publish a marker until one gets through, so the subscription is live.
+            deadline = time.monotonic() + 10
+            while True:
+                fleet.publish(name, b"ready", qos=1).wait_for_publish(10)
+                with contextlib.suppress(queue.Empty):
+                    if got.get(timeout=0.5) == b"ready":
+                        break
+                assert time.monotonic() < deadline, "the link's subscription never went live"
             fleet.publish(name, b"[" * (MAX_PAYLOAD_BYTES + 1), qos=1).wait_for_publish(10)
             fleet.publish(name, b"{}", qos=1).wait_for_publish(10)
-            assert got.get(timeout=10) == b"{}"
+            while (payload := got.get(timeout=10)) == b"ready":
+                pass  # a late copy of a marker
+            assert payload == b"{}"
             assert got.empty()
             assert any("dropped a" in r.getMessage() for r in caplog.records)
         finally:
