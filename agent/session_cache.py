@@ -69,6 +69,10 @@ _CPU = "CPUExecutionProvider"
 MIN_BYTES = 4 * 1024 * 1024
 #: a build leaves at least this much of the disk free (and 5 % of it), for updates and telemetry.
 _DISK_MARGIN = 256 * 1024 * 1024
+#: initializers under this many bytes stay inside the saved model: ONNX shape inference must read
+#: small constants (an Unsqueeze's axes, a Reshape's shape) inline, and with all of them external a
+#: real BERT (all-MiniLM-L6-v2) could not be loaded back. 1024 is ONNX Runtime's own default.
+_INLINE_BELOW = "1024"
 #: a build holds a second session of the model while it saves and checks it.
 _MEMORY_MARGIN = 64 * 1024 * 1024
 
@@ -313,7 +317,7 @@ class SessionCache:
 
         saving = {
             "session.optimized_model_external_initializers_file_name": DATA_NAME,
-            "session.optimized_model_external_initializers_min_size_in_bytes": "0",
+            "session.optimized_model_external_initializers_min_size_in_bytes": _INLINE_BELOW,
             "session.save_external_prepacked_constant_initializers": "1",
         }
         try:

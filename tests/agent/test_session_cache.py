@@ -185,3 +185,44 @@ def test_no_entry_when_it_would_leave_the_disk_short(
             assert not list((disk / "data" / CACHE_DIR).glob(".tmp-*"))
         finally:
             agent.stop()
+
+
+def test_a_model_whose_shape_inference_reads_a_small_constant_is_cached(tmp_path: Path) -> None:
+    """An Unsqueeze reads its axes from a constant that ONNX shape inference must find inline: with
+    every initializer moved to the external weights file the saved model did not load back (seen
+    on all-MiniLM-L6-v2's attention)."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from agent.early import SessionParams, create_session
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32), f"w{i}")
+        for i in range(2)
+    ]
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h"]),
+            helper.make_node("MatMul", ["h", "w1"], ["m"]),
+            helper.make_node("Unsqueeze", ["m", "axes"], ["y"]),
+        ],
+        "unsqueeze",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, WIDTH])],
+        [*weights, axes],
+    )
+    model = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    params = SessionParams(str(model), ("CPUExecutionProvider",), 2, 1, "ORT_ENABLE_ALL", ())
+    cache = SessionCache(tmp_path / "data")
+    x = _x()
+    cached = cache.build(params, hashlib.sha256(model.read_bytes()).hexdigest(), {"x": x}, lambda: True)
+    assert cached is not None
+    want = create_session(params).run(None, {"x": x})[0]
+    np.testing.assert_allclose(
+        create_session(params, source=cached.path).run(None, {"x": x})[0], want, rtol=1e-5
+    )
