@@ -1,24 +1,24 @@
 """Prometheus metrics of the agent, on a registry of its own (so tests can run several agents).
 
 Names follow Prometheus conventions: ``edgefleet_agent_`` prefix, base units in the name
-(``_seconds``), ``_total`` on counters; process CPU and memory come from the standard process
-collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``).
+(``_seconds``), ``_total`` on counters; process CPU and memory are the standard process metrics
+(``process_cpu_seconds_total``, ``process_resident_memory_bytes``). Kept by agent.prometheus, not
+prometheus_client, whose import would slow the agent's start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import (
-    CollectorRegistry,
+from agent.prometheus import (
+    CONTENT_TYPE,
     Counter,
+    CounterChild,
     Gauge,
     Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
+    HistogramChild,
+    ProcessMetrics,
+    Registry,
 )
 
 __all__ = ["CONTENT_TYPE", "AgentMetrics"]
@@ -32,10 +32,10 @@ _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 class VersionMetrics:
     """The per model version series, bound once so the request path skips label lookups."""
 
-    requests: Any
-    latency: Any
-    queue: Any
-    batch: Any
+    requests: CounterChild
+    latency: HistogramChild
+    queue: HistogramChild
+    batch: HistogramChild
     failures: Counter
     labels: tuple[str, str]
 
@@ -45,10 +45,8 @@ class VersionMetrics:
 
 class AgentMetrics:
     def __init__(self) -> None:
-        # ``*_created`` series double the exposition and no dashboard reads them.
-        disable_created_metrics()
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
+        self.registry = Registry()
+        ProcessMetrics(registry=self.registry)
         labels = ["model", "version"]
         self.requests = Counter(
             "edgefleet_agent_inference_requests",
@@ -131,4 +129,4 @@ class AgentMetrics:
         self.active.labels(model, version).set(1)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.exposition()
