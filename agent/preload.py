@@ -3,7 +3,7 @@
 Building an ONNX Runtime session (read the file, optimise the graph, pack the weights) is most of
 the agent's start-up, and onnxruntime does it without holding the GIL; the main thread meanwhile
 imports and builds the HTTP server, the metrics and the data plane. The module stays light (no
-prometheus, no uvicorn) so that it can start before those are imported.
+prometheus, no HTTP server) so that it can start before those are imported.
 """
 
 from __future__ import annotations

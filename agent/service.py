@@ -94,8 +94,8 @@ class AgentService:
         self._fatal: BaseException | None = None
 
     def _build_http(self) -> None:
-        # Imported here, not at the top: prometheus_client and uvicorn take ~60 ms to import, which
-        # now passes while the preloader builds the ONNX Runtime sessions (without the GIL).
+        # Imported here, not at the top: the HTTP side's imports now pass while the preloader builds
+        # the ONNX Runtime sessions (without the GIL).
         from agent.dataplane import DataPlane
         from agent.http.app import AgentApp
         from agent.http.server import make_server
@@ -123,8 +123,8 @@ class AgentService:
             api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         )
         self._server: AgentServer = make_server(self.app, settings.tls)
-        state = self._server.server_state
-        self.repository.activity.connections = lambda: len(state.connections)
+        connections = self._server.connections
+        self.repository.activity.connections = lambda: len(connections)
 
     @property
     def port(self) -> int:
