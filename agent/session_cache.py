@@ -67,6 +67,9 @@ _FORMAT = 1
 _CPU = "CPUExecutionProvider"
 #: models smaller than this build in a few milliseconds: caching them saves nothing worth a file.
 MIN_BYTES = 4 * 1024 * 1024
+#: disk and memory a build takes, times the model file: the saved file holds the weights twice (as
+#: read and as packed), and an fp16 model served on a CPU holds them as fp32 too (measured: 4x)
+_BUILD_FACTOR = 4
 #: a build leaves at least this much of the disk free (and 5 % of it), for updates and telemetry.
 _DISK_MARGIN = 256 * 1024 * 1024
 #: initializers under this many bytes stay inside the saved model: ONNX shape inference must read
@@ -207,7 +210,8 @@ class SessionCache:
         if (self.root / key / ENTRY_NAME).exists() or self.failed(key):
             return self.find(params, model_sha256)
         self.root.mkdir(parents=True, exist_ok=True)
-        why = self._no_room(Path(params.model_path).stat().st_size)
+        model_bytes = Path(params.model_path).stat().st_size
+        why = self._no_room(model_bytes)
         if why is not None:
             log.info("not caching the session of %s: %s", params.model_path, why)
             return None
@@ -223,6 +227,15 @@ class SessionCache:
                     params.model_path,
                 )
                 return None  # not the model's fault: try again next time
+            if failure is not None and self._disk_filled(model_bytes):
+                # Not the model's fault either (something else filled the disk meanwhile, or ORT
+                # wrote more than estimated): tried again at the next start, not marked failed.
+                log.warning(
+                    "not caching the session of %s now: the disk filled up while it was saved (%s)",
+                    params.model_path,
+                    failure,
+                )
+                return None
             if failure is not None:
                 self._record_failure(key, params, failure)
                 return None
@@ -289,9 +302,7 @@ class SessionCache:
             (self.root / f"{key}.failed").write_text(json.dumps({"reason": reason}))
 
     def _no_room(self, model_bytes: int) -> str | None:
-        # The saved file holds the weights twice (as read and as packed); an fp16 model served on a
-        # CPU holds them as fp32 too (measured: 4x the model file).
-        need = 4 * model_bytes
+        need = _BUILD_FACTOR * model_bytes
         try:
             usage = shutil.disk_usage(self.root)
         except OSError as exc:
@@ -306,6 +317,13 @@ class SessionCache:
         if available is not None and available < need + _MEMORY_MARGIN:
             return f"building it needs ~{(need + _MEMORY_MARGIN) / 1e6:.0f} MB of memory, {available / 1e6:.0f} MB is available"
         return None
+
+    def _disk_filled(self, model_bytes: int) -> bool:
+        """Whether the disk, with what a failed save left in it, has less room than a build needs."""
+        try:
+            return shutil.disk_usage(self.root).free < _BUILD_FACTOR * model_bytes
+        except OSError:
+            return True
 
     def _save_and_check(
         self, params: SessionParams, tmp: Path, probe: Mapping[str, np.ndarray] | None

@@ -226,3 +226,28 @@ def test_a_model_whose_shape_inference_reads_a_small_constant_is_cached(tmp_path
     np.testing.assert_allclose(
         create_session(params, source=cached.path).run(None, {"x": x})[0], want, rtol=1e-5
     )
+
+
+def test_a_disk_that_fills_up_during_the_save_is_tried_again_not_marked_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The room check passed, then the disk filled while ONNX Runtime wrote the entry (here the
+    check is skipped on a disk too small for it): the model is not at fault, so the key must not be
+    recorded as one that cannot be cached."""
+    import hashlib
+
+    from agent.early import SessionParams
+
+    model = mlp_onnx(tmp_path / "mlp.onnx", width=WIDTH, depth=2)  # 8 MiB; the entry needs ~16
+    params = SessionParams(str(model), ("CPUExecutionProvider",), 2, 1, "ORT_ENABLE_ALL", ())
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    monkeypatch.setattr(SessionCache, "_no_room", lambda self, model_bytes: None)
+    with small_tmpfs(tmp_path / "disk", "12m") as disk:
+        cache = SessionCache(disk / "data")
+        with caplog.at_level(logging.INFO, logger="agent.session_cache"):
+            assert cache.build(params, sha, {"x": _x()}, lambda: True) is None
+        assert "disk filled up" in caplog.text
+        assert not list((disk / "data" / CACHE_DIR).glob("*.failed"))
+        assert not list((disk / "data" / CACHE_DIR).glob(".tmp-*"))
+    # with room, the same key is built
+    assert SessionCache(tmp_path / "data").build(params, sha, {"x": _x()}, lambda: True) is not None
