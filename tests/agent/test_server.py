@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psutil
+import pytest
 
 from agent.http.server import AgentServer, ServerLimits
 from agent.service import AgentService, bind
@@ -339,3 +341,43 @@ def test_shutdown_lets_a_request_in_flight_finish() -> None:
         r = s.response()
         assert r.status == 200 and json.loads(r.read())["path"] == "/slow"
         assert r.getheader("connection") == "close"
+
+
+def test_garbled_requests_never_break_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    """A faulty or hostile client: valid requests with bytes flipped, cut, repeated or inserted.
+    Each gets an answer or a closed connection, nothing is logged as a server error, and the server
+    answers a good request afterwards."""
+    import random
+
+    rng = random.Random(9)
+    valid = [
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n",
+        b'POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n{"inputs":1}',
+        b"POST /f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+    ]
+    with serving(head_timeout_s=0.5, keep_alive_s=0.5) as (_, port):
+        for _ in range(150):
+            data = bytearray(rng.choice(valid))
+            for _ in range(rng.randint(1, 4)):
+                if not data:
+                    break
+                i = rng.randrange(len(data))
+                how = rng.randrange(4)
+                if how == 0:
+                    data[i] = rng.randrange(256)
+                elif how == 1:
+                    del data[i:]
+                elif how == 2:
+                    data[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
+                else:
+                    data[i:i] = data[: rng.randint(1, 60)]
+            with connect(port) as s:
+                s.sock.settimeout(5)
+                with contextlib.suppress(OSError):
+                    s.sendall(bytes(data))
+                    s.sock.shutdown(socket.SHUT_WR)
+                assert s.closed()  # answered (or refused) and closed, never hung past the timeouts
+        with connect(port) as s:
+            s.sendall(valid[0])
+            assert s.response().status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
