@@ -67,6 +67,10 @@ class ServerLimits:
     #: request body bytes read ahead of the app; reading pauses beyond (so a body is never
     #: buffered whole here: the app reads it under its own caps)
     body_buffer: int = 64 * 1024
+    #: a body the app answered before reading it (an early 413) is read and dropped up to this
+    #: many bytes, so that the client, still sending, reads the answer rather than a reset; past
+    #: it (an endless chunked body) the connection closes
+    skip_bytes: int = 64 * 1024 * 1024
     #: on shutdown, time the requests in flight get to finish
     grace_s: float = 30.0
     #: a TLS client must finish its handshake within this
@@ -281,7 +285,8 @@ class _Connection(asyncio.Protocol):
         self.began = False
         self.head_bytes = 0
         self.reading_done = False
-        self.draining = False
+        self.skipping = False  # reading and dropping the rest of an answered request's body
+        self.skipped = 0
         self.discarding = False
         self.closed = False
         self.read_paused = False
@@ -330,7 +335,16 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.discarding:
             return
-        if self.draining:
+        if self.skipping:
+            self.skipped += len(data)
+            if self.skipped > self.limits.skip_bytes:
+                log.info(
+                    "closed the connection of %s: its unread body passes %d bytes",
+                    _shown(self.client),
+                    self.limits.skip_bytes,
+                )
+                self.close()
+                return
             self._arm(self.limits.keep_alive_s, self.close)
         self.began = False
         try:
@@ -441,7 +455,7 @@ class _Connection(asyncio.Protocol):
         if ex is not None:
             ex.complete = True
             ex.wake()
-        if self.draining:
+        if self.skipping:
             self.close()
 
     # ------------------------------------------------------------------------- exchanges
@@ -480,7 +494,7 @@ class _Connection(asyncio.Protocol):
             # Answered before its body was read (an early 4xx): the rest is read and dropped, then
             # the connection closes. Closing at once would reset a client still sending its body,
             # which would then see the reset instead of the answer.
-            self.draining = True
+            self.skipping = True
             self.resume_reading()
             self._arm(self.limits.keep_alive_s, self.close)
             return

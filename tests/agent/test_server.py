@@ -224,22 +224,32 @@ def test_an_app_error_is_a_500_without_details() -> None:
         assert r.status == 500 and b"secret" not in r.read()
 
 
+async def too_large(scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """Answers 413 without reading the body, as the agent does for a declared size past its cap."""
+    body = b'{"error":"too large"}'
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def test_an_early_answer_reaches_a_client_still_sending_its_body() -> None:
     """A 4xx sent before the body was read: the rest is read and dropped, not reset."""
-
-    async def app(scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        body = b'{"error":"too large"}'
-        headers = [(b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    with serving(app) as (_, port), connect(port) as s:
+    with serving(too_large) as (_, port), connect(port) as s:
         size = 8 * 1024 * 1024
         s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
         s.sendall(b"x" * size)  # a reset here would raise
         r = s.response()
         assert r.status == 413 and r.getheader("connection") == "close" and r.read()
         assert s.closed()
+
+
+def test_an_endless_body_after_an_early_answer_is_not_read_for_ever() -> None:
+    with serving(too_large, skip_bytes=1024 * 1024) as (_, port), connect(port) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%b\r\n" % (65536, b"x" * 65536)
+        with pytest.raises(OSError):  # closed once 1 MiB more was dropped; a client cannot send 4 GiB
+            for _ in range(65536):
+                s.sendall(chunk)
 
 
 # -------------------------------------------------------------------------------- bounds
