@@ -151,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: request line and headers of one request (uvicorn answers a longer head with 400 and closes)
+MAX_HEAD_BYTES = 64 * 1024
+
+
 def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
     import uvicorn
 
@@ -174,6 +178,11 @@ def _serve_app(settings: FleetSettings, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="warning",
+        # h11, not httptools: with httptools uvicorn keeps any number of header bytes (a 180 MB
+        # header stream grew a server by 87 MB, measured on the agent), so one device or client
+        # could exhaust the fleet's memory; h11 refuses a request head past this size.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
         **ssl_options,

@@ -50,3 +50,29 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         "edge-fleet: error: no S3 credentials for s3://bucket/x/: set AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
     ]
+
+
+def test_serve_refuses_an_endless_request_head_and_keeps_serving(tmp_path: Path) -> None:
+    """One client streaming header lines must not grow the fleet's memory (uvicorn with httptools
+    kept them all) and must not stop it answering others."""
+    import contextlib
+    import socket
+
+    import httpx
+    import psutil
+
+    from tests.support.fleet_proc import run_fleet
+
+    args = ["serve", "--db", f"sqlite:///{tmp_path / 'f.db'}", "--storage", str(tmp_path / "store")]
+    with run_fleet(tmp_path / "fleet", args) as fleet:
+        proc = psutil.Process(fleet.process.pid)
+        before = proc.memory_info().rss
+        host, port = fleet.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            line = b"X-Junk: " + b"a" * 65000 + b"\r\n"
+            with contextlib.suppress(OSError):  # refused and closed long before 256 MiB
+                for _ in range(4096):
+                    s.sendall(line)
+        assert proc.memory_info().rss - before < 64 * 1024 * 1024
+        assert httpx.get(f"{fleet.url}/healthz", timeout=10).status_code == 200
