@@ -214,6 +214,7 @@ class _Metric(Generic[ChildT]):
         *,
         registry: Registry | None = None,
     ) -> None:
+        name = self._base_name(name)
         if not _METRIC_NAME.fullmatch(name):
             raise ValueError(f"invalid metric name: {name!r}")
         for label in labelnames:
@@ -236,6 +237,11 @@ class _Metric(Generic[ChildT]):
     def family(self) -> str:
         """The name on the HELP and TYPE lines."""
         return self.name
+
+    @staticmethod
+    def _base_name(name: str) -> str:
+        """The family's name as declared; a kind may drop a suffix it adds itself."""
+        return name
 
     def labels(self, *values: object) -> ChildT:
         """The series of these label values (in ``labelnames`` order), made on first use.
@@ -272,16 +278,10 @@ class Counter(_Metric[CounterChild]):
 
     _kind = "counter"
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        registry: Registry | None = None,
-    ) -> None:
+    @staticmethod
+    def _base_name(name: str) -> str:
         # prometheus_client takes either spelling and exposes ``_total`` once.
-        super().__init__(name.removesuffix("_total"), documentation, labelnames, registry=registry)
+        return name.removesuffix("_total")
 
     @property
     def family(self) -> str:

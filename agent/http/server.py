@@ -89,6 +89,8 @@ _STATUS_LINES = {int(s): _status_line(int(s)) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+#: a response head is joined to a first body part up to this size (a copy), else written alone
+_JOIN_BELOW = 64 * 1024
 #: after refusing a request, how long what the client still sends is read and dropped before closing
 LINGER_S = 2.0
 
@@ -200,15 +202,15 @@ class _Exchange:
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, got {kind}")
-            self._start(message)
+            self._begin_response(message)
         elif not self.finished:
             if kind != "http.response.body":
                 raise RuntimeError(f"expected http.response.body, got {kind}")
-            self._body(message.get("body", b""), message.get("more_body", False))
+            self._send_body(message.get("body", b""), message.get("more_body", False))
         else:
             raise RuntimeError(f"{kind} sent after the response was complete")
 
-    def _start(self, message: dict[str, Any]) -> None:
+    def _begin_response(self, message: dict[str, Any]) -> None:
         self.started = True
         self.expect_continue = False
         status = int(message["status"])
@@ -238,7 +240,7 @@ class _Exchange:
         head.append(b"\r\n")
         self.head = b"".join(head)
 
-    def _body(self, body: bytes, more: bool) -> None:
+    def _send_body(self, body: bytes, more: bool) -> None:
         if self.is_head:
             body = b""
         elif self.chunked:
@@ -248,12 +250,11 @@ class _Exchange:
             if self.remaining < 0:
                 raise RuntimeError("the response body is longer than its Content-Length")
         head, self.head = self.head, b""
-        if head:
-            # One write, one TCP segment for a small response (the socket has TCP_NODELAY).
-            self.conn.write(head + body if len(body) <= 65536 else head)
-            if len(body) > 65536:
-                self.conn.write(body)
-        elif body:
+        if head and len(body) <= _JOIN_BELOW:
+            body = head + body  # one write, one TCP segment (the socket has TCP_NODELAY)
+        elif head:
+            self.conn.write(head)
+        if body:
             self.conn.write(body)
         if not more:
             if self.remaining and not self.is_head:
@@ -430,7 +431,7 @@ class _Connection(asyncio.Protocol):
         ex = _Exchange(self, scope, keep_alive, self.expect_continue)
         self.parsing = ex
         if self.current is None:
-            self._start(ex)
+            self._answer(ex)
             return
         if len(self.pipeline) >= self.limits.pipeline:
             # not answered: the ones before it are, then the connection closes
@@ -460,7 +461,7 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------------- exchanges
 
-    def _start(self, ex: _Exchange) -> None:
+    def _answer(self, ex: _Exchange) -> None:
         self.current = ex
         task = self.loop.create_task(self._run(ex))
         self.server.tasks.add(task)
@@ -504,7 +505,7 @@ class _Connection(asyncio.Protocol):
         if self.pipeline:
             nxt = self.pipeline.popleft()
             self.resume_reading()
-            self._start(nxt)
+            self._answer(nxt)
             return
         if self.reading_done:
             self.close()
