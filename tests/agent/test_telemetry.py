@@ -12,6 +12,7 @@ from agent.drift import DriftTracker, psi
 from agent.service import AgentService
 from agent.store import ModelStore
 from sdk.manifest import Reference, TensorStats
+from tests.support.waiting import wait_until
 
 
 def test_psi_is_zero_for_same_distribution_and_grows_with_shift() -> None:
@@ -61,6 +62,11 @@ def test_snapshot_counts_per_version_and_reports_drift(
         assert _infer(agent.url, rng.standard_normal((64, 4)).astype(np.float32) + 3).status_code == 200
     agent.store.install(make_affine("2", scale=3.0))
     assert _infer(agent.url, np.zeros((1, 4), np.float32)).status_code == 200
+    # Monitoring runs after the response is sent: on a loaded machine the caller can read the
+    # answer (and take both snapshots) before the server's thread has recorded the prediction.
+    window = agent.repository.get("affine").window
+    assert window is not None
+    wait_until(lambda: len(window._rows.since(0.0)[0]) == 1, what="monitoring of the request to version 2")
     snapshot = {t.version: t for t in agent.repository.telemetry_snapshot()}
     assert snapshot["1"].requests == 20 and snapshot["1"].drift["input:x"] > 0.25
     assert snapshot["2"].requests == 1
