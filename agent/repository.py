@@ -365,7 +365,10 @@ class ModelRepository:
         return model
 
     def _retire(self, model: LoadedModel) -> None:
-        if model.window is not None:
+        serving = self._models.get(model.name)
+        # A version loaded again (a damaged session cache entry) shares its monitoring window with
+        # the model that replaced it: that window still serves.
+        if model.window is not None and (serving is None or serving.window is not model.window):
             model.window.serving = False
 
         def drain() -> None:

@@ -121,6 +121,9 @@ def test_an_entry_whose_bytes_no_longer_hash_as_recorded_is_deleted_and_the_mode
     assert not entry.exists()
     assert agent.repository.get("mlp").runtime.cached is None  # rebuilt from the original
     np.testing.assert_allclose(_infer(agent), original, rtol=1e-5, atol=1e-6)
+    # the same version serves on: its monitoring window is still reported as serving
+    window = agent.repository.get("mlp").window
+    assert window is not None and window.serving
 
 
 def test_entries_of_versions_no_longer_served_are_deleted(
